@@ -1,0 +1,276 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * imap/: the IMAP protocol engine. Knows nothing of files, FUSE or the
+ * cache. Errors are GError in IMAP_ERROR; out-parameters end in _out and
+ * come before the GError **.
+ */
+#pragma once
+
+#include <glib.h>
+
+#include "imap-parser.h"
+
+G_BEGIN_DECLS
+
+#define IMAP_ERROR (imap_error_quark())
+GQuark imap_error_quark(void);
+
+typedef enum {
+	IMAP_ERROR_PROTOCOL, /* malformed or unexpected server data */
+	IMAP_ERROR_LIMIT, /* a parser or size limit was exceeded */
+	IMAP_ERROR_CONNECT, /* TCP connect / name resolution failed */
+	IMAP_ERROR_TLS, /* TLS handshake or certificate verification */
+	IMAP_ERROR_STARTTLS, /* STARTTLS refused, missing, or tampered with */
+	IMAP_ERROR_AUTH, /* credentials rejected or no usable mechanism */
+	IMAP_ERROR_SECRET, /* password/token command, file or env failed */
+	IMAP_ERROR_NO, /* the server answered NO */
+	IMAP_ERROR_BAD, /* the server answered BAD */
+	IMAP_ERROR_BYE, /* the server closed the session */
+	IMAP_ERROR_DISCONNECTED, /* the connection was lost */
+	IMAP_ERROR_TIMEOUT, /* no progress within the timeout */
+	IMAP_ERROR_UIDVALIDITY, /* the mailbox's UIDVALIDITY changed */
+	IMAP_ERROR_UNSUPPORTED, /* the server lacks a needed capability */
+	IMAP_ERROR_INVALID, /* a caller-supplied argument cannot be encoded */
+	IMAP_ERROR_CANCELLED, /* the client was shut down */
+} ImapErrorCode;
+
+/* ---- Mailbox names (modified UTF-7, RFC 3501 5.1.3) ---- */
+
+/* Decode a server name to UTF-8. Fails (IMAP_ERROR_PROTOCOL) on invalid
+ * modified UTF-7 or a name that decodes to invalid UTF-8 / NUL. */
+char *imap_mutf7_decode(const char *mutf7, GError **error);
+/* Encode UTF-8 to modified UTF-7. Fails (IMAP_ERROR_INVALID) on invalid
+ * UTF-8. "&" becomes "&-". */
+char *imap_mutf7_encode(const char *utf8, GError **error);
+
+/* ---- UID sets ---- */
+
+typedef struct {
+	guint32 lo, hi; /* inclusive, lo <= hi, both >= 1 */
+} ImapUidRange;
+
+/* A set of UIDs as sorted, merged ranges. */
+typedef struct {
+	GArray *ranges; /* ImapUidRange */
+} ImapUidSet;
+
+ImapUidSet *imap_uid_set_new(void);
+void imap_uid_set_free(ImapUidSet *set);
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(ImapUidSet, imap_uid_set_free)
+void imap_uid_set_add(ImapUidSet *set, guint32 lo, guint32 hi);
+gboolean imap_uid_set_contains(const ImapUidSet *set, guint32 uid);
+guint64 imap_uid_set_count(const ImapUidSet *set);
+/* Parse "1:3,7,9:*" (a "*" needs @star, the value it stands for; 0 makes
+ * it an error). Ranges may come reversed ("5:3"). */
+ImapUidSet *imap_uid_set_parse(const char *text, guint32 star, GError **error);
+/* "1:3,7" or "" for an empty set. */
+char *imap_uid_set_to_string(const ImapUidSet *set);
+/* The n-th UID in ascending order; FALSE if out of range. For COPYUID
+ * pairing (source n-th <-> destination n-th in the server's order, see
+ * imap_copyuid_*). */
+gboolean imap_uid_set_nth(const ImapUidSet *set, guint64 n, guint32 *uid_out);
+
+/* ---- Typed decoding of responses ---- */
+
+/* CAPABILITY data ("* CAPABILITY ..." args or a [CAPABILITY ...] code's
+ * args): a set of upper-cased names ("IMAP4REV1", "AUTH=PLAIN"). */
+GHashTable *imap_decode_capability(const GPtrArray *args);
+
+typedef enum {
+	IMAP_MBOX_NOSELECT = 1 << 0,
+	IMAP_MBOX_NOINFERIORS = 1 << 1,
+	IMAP_MBOX_HASCHILDREN = 1 << 2,
+	IMAP_MBOX_HASNOCHILDREN = 1 << 3,
+	IMAP_MBOX_MARKED = 1 << 4,
+	IMAP_MBOX_UNMARKED = 1 << 5,
+	IMAP_MBOX_NONEXISTENT = 1 << 6,
+	IMAP_MBOX_SUBSCRIBED = 1 << 7,
+	IMAP_MBOX_REMOTE = 1 << 8,
+	/* RFC 6154 special-use */
+	IMAP_MBOX_ALL = 1 << 16,
+	IMAP_MBOX_ARCHIVE = 1 << 17,
+	IMAP_MBOX_DRAFTS = 1 << 18,
+	IMAP_MBOX_FLAGGED = 1 << 19,
+	IMAP_MBOX_JUNK = 1 << 20,
+	IMAP_MBOX_SENT = 1 << 21,
+	IMAP_MBOX_TRASH = 1 << 22,
+	IMAP_MBOX_IMPORTANT = 1 << 23,
+} ImapMboxAttr;
+
+typedef struct {
+	char *name; /* raw server name (modified UTF-7), NUL-free */
+	char delimiter; /* '\0' for NIL */
+	guint32 attrs; /* ImapMboxAttr bits */
+} ImapListEntry;
+
+void imap_list_entry_free(ImapListEntry *entry);
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(ImapListEntry, imap_list_entry_free)
+/* "* LIST (attrs) delim name [ext]" (also LSUB). */
+ImapListEntry *imap_decode_list(const ImapResponse *resp, GError **error);
+
+typedef enum {
+	IMAP_STATUS_HAS_MESSAGES = 1 << 0,
+	IMAP_STATUS_HAS_RECENT = 1 << 1,
+	IMAP_STATUS_HAS_UIDNEXT = 1 << 2,
+	IMAP_STATUS_HAS_UIDVALIDITY = 1 << 3,
+	IMAP_STATUS_HAS_UNSEEN = 1 << 4,
+	IMAP_STATUS_HAS_HIGHESTMODSEQ = 1 << 5,
+	IMAP_STATUS_HAS_SIZE = 1 << 6,
+} ImapStatusHas;
+
+typedef struct {
+	char *mailbox; /* raw server name */
+	guint32 has; /* ImapStatusHas */
+	guint32 messages, recent, uidnext, uidvalidity, unseen;
+	guint64 highestmodseq, size;
+} ImapStatusData;
+
+void imap_status_data_free(ImapStatusData *st);
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(ImapStatusData, imap_status_data_free)
+/* "* STATUS mbox (MESSAGES 3 UIDNEXT 9 ...)" */
+ImapStatusData *imap_decode_status(const ImapResponse *resp, GError **error);
+
+/* State of a mailbox as reported while SELECT/EXAMINE runs. */
+typedef struct {
+	guint32 has; /* ImapStatusHas (MESSAGES = exists, UIDNEXT, ...) */
+	guint32 exists, uidvalidity, uidnext;
+	guint64 highestmodseq;
+	gboolean nomodseq; /* [NOMODSEQ] */
+	gboolean read_only; /* tagged OK [READ-ONLY] */
+	GStrv flags; /* FLAGS, or NULL */
+	GStrv permanentflags; /* [PERMANENTFLAGS], may contain "\*" */
+} ImapSelectData;
+
+void imap_select_data_clear(ImapSelectData *sd);
+/* Fold one response (untagged EXISTS/FLAGS/OK [code], or the tagged
+ * completion) into @sd. Returns TRUE if the response was relevant. */
+gboolean imap_select_data_update(ImapSelectData *sd, const ImapResponse *resp);
+
+typedef enum {
+	IMAP_FETCH_HAS_UID = 1 << 0,
+	IMAP_FETCH_HAS_FLAGS = 1 << 1,
+	IMAP_FETCH_HAS_SIZE = 1 << 2,
+	IMAP_FETCH_HAS_INTERNALDATE = 1 << 3,
+	IMAP_FETCH_HAS_MODSEQ = 1 << 4,
+} ImapFetchHas;
+
+typedef struct {
+	char *section; /* upper-cased text between [ ], e.g. "", "HEADER",
+			  "HEADER.FIELDS (DATE SUBJECT)" */
+	gboolean has_origin;
+	guint64 origin; /* <origin> */
+	const ImapValue *value; /* borrowed from the response: STRING, NIL or
+				   STREAMED */
+} ImapFetchSection;
+
+typedef struct {
+	guint32 seq; /* stays inside imap/ */
+	guint32 has; /* ImapFetchHas */
+	guint32 uid;
+	GStrv flags;
+	guint64 rfc822_size;
+	gint64 internaldate; /* seconds since the epoch, UTC */
+	gint internaldate_tz; /* the zone the server gave, in minutes */
+	guint64 modseq;
+	GArray *sections; /* ImapFetchSection; borrows from the response */
+} ImapFetchData;
+
+void imap_fetch_data_free(ImapFetchData *fd);
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(ImapFetchData, imap_fetch_data_free)
+/* "* 5 FETCH (UID 9 FLAGS (\Seen) ...)". The result borrows literal values
+ * from @resp, which must outlive it. */
+ImapFetchData *imap_decode_fetch(const ImapResponse *resp, GError **error);
+/* First section with this (upper-cased) name, or NULL. */
+const ImapFetchSection *imap_fetch_data_section(const ImapFetchData *fd,
+						const char *section);
+
+/* "17-Jul-1996 02:44:25 -0700" -> epoch seconds. */
+gboolean imap_parse_internaldate(const char *text, gint64 *epoch_out,
+				 gint *tz_minutes_out);
+/* epoch -> "17-Jul-1996 09:44:25 +0000" (for APPEND) */
+char *imap_format_internaldate(gint64 epoch);
+
+/* "* VANISHED (EARLIER) 1:3,5" */
+ImapUidSet *imap_decode_vanished(const ImapResponse *resp,
+				 gboolean *earlier_out, GError **error);
+
+typedef struct {
+	char *tag; /* (TAG "x") correlator, or NULL */
+	gboolean uid;
+	guint32 has_min : 1, has_max : 1, has_count : 1, has_modseq : 1;
+	guint32 min, max, count;
+	guint64 modseq;
+	ImapUidSet *all; /* ALL, or NULL */
+} ImapEsearchData;
+
+void imap_esearch_data_free(ImapEsearchData *es);
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(ImapEsearchData, imap_esearch_data_free)
+ImapEsearchData *imap_decode_esearch(const ImapResponse *resp, GError **error);
+/* "* SEARCH 1 4 9" -> set */
+ImapUidSet *imap_decode_search(const ImapResponse *resp, GError **error);
+
+/* Response codes. Each returns FALSE (no error) if @resp lacks the code,
+ * and FALSE with @error if the code is malformed. */
+gboolean imap_decode_appenduid(const ImapResponse *resp,
+			       guint32 *uidvalidity_out, ImapUidSet **uids_out,
+			       GError **error);
+/* COPYUID uidvalidity src dst: @pairs_out gets guint32 pairs
+ * (src, dst, src, dst, ...) in the server's order. */
+gboolean imap_decode_copyuid(const ImapResponse *resp, guint32 *uidvalidity_out,
+			     GArray **pairs_out, GError **error);
+gboolean imap_response_has_code(const ImapResponse *resp, const char *code);
+/* True for "* BYE" and for "* OK [ALERT]" / "* NO [ALERT]" etc. */
+gboolean imap_response_is_bye(const ImapResponse *resp);
+gboolean imap_response_is_alert(const ImapResponse *resp);
+
+/* ---- Commands ---- */
+
+typedef struct _ImapCommand ImapCommand;
+
+/* How literals may be sent (from the server's capabilities). */
+typedef enum {
+	IMAP_LITERAL_SYNC, /* {n}: wait for "+" before the data */
+	IMAP_LITERAL_MINUS, /* LITERAL-: {n+} for n <= 4096, else sync */
+	IMAP_LITERAL_PLUS, /* LITERAL+: always {n+} */
+} ImapLiteralMode;
+
+/* @verb is one or more trusted atoms ("UID FETCH", "SELECT"). */
+ImapCommand *imap_command_new(const char *verb);
+ImapCommand *imap_command_ref(ImapCommand *cmd);
+void imap_command_unref(ImapCommand *cmd);
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(ImapCommand, imap_command_unref)
+
+/* Trusted protocol text (sequence sets, fetch items, "(\Seen)"), emitted
+ * as is after a space. Must not contain CR, LF or NUL (checked: returns
+ * FALSE with IMAP_ERROR_INVALID). */
+gboolean imap_command_add_raw(ImapCommand *cmd, const char *text,
+			      GError **error);
+void imap_command_add_printf(ImapCommand *cmd, const char *fmt, ...)
+	G_GNUC_PRINTF(2, 3);
+/* An astring: sent as an atom when it is one, a quoted string when every
+ * byte may be quoted, otherwise a literal. NUL cannot be sent (refused). */
+gboolean imap_command_add_string(ImapCommand *cmd, const char *data, gsize len,
+				 GError **error);
+/* A mailbox name in UTF-8: modified UTF-7 encoded, then as a string.
+ * "INBOX" in any case is sent as INBOX. */
+gboolean imap_command_add_mailbox(ImapCommand *cmd, const char *utf8,
+				  GError **error);
+/* A raw server mailbox name (already modified UTF-7), as a string. */
+gboolean imap_command_add_mailbox_raw(ImapCommand *cmd, const char *mutf7,
+				      GError **error);
+/* Always a literal (APPEND's message). May contain any byte. */
+void imap_command_add_literal(ImapCommand *cmd, GBytes *data);
+
+/*
+ * Render "TAG VERB args\r\n" into parts: part 0 is sent at once; each later
+ * part is sent only after the server's "+" continuation (a synchronizing
+ * literal precedes it). Returns a GPtrArray of GBytes. Arguments marked
+ * secret are replaced by "***" when @redact is TRUE (for logs).
+ */
+GPtrArray *imap_command_render(const ImapCommand *cmd, const char *tag,
+			       ImapLiteralMode mode, gboolean redact);
+/* Mark the arguments added from now on as secret (for LOGIN). */
+void imap_command_begin_secret(ImapCommand *cmd);
+const char *imap_command_verb(const ImapCommand *cmd);
+
+G_END_DECLS
