@@ -32,6 +32,13 @@ typedef enum {
 	IMAP_ERROR_UNSUPPORTED, /* the server lacks a needed capability */
 	IMAP_ERROR_INVALID, /* a caller-supplied argument cannot be encoded */
 	IMAP_ERROR_CANCELLED, /* the client was shut down */
+	/* NO completions with a response code (RFC 5530) */
+	IMAP_ERROR_NONEXISTENT, /* [NONEXISTENT], [TRYCREATE] */
+	IMAP_ERROR_ALREADYEXISTS, /* [ALREADYEXISTS] */
+	IMAP_ERROR_OVERQUOTA, /* [OVERQUOTA], [LIMIT] */
+	IMAP_ERROR_NOPERM, /* [NOPERM], [READ-ONLY] */
+	IMAP_ERROR_INUSE, /* [INUSE], [UNAVAILABLE] */
+	IMAP_ERROR_EXPUNGEISSUED, /* [EXPUNGEISSUED]: the message is gone */
 } ImapErrorCode;
 
 /* ---- Mailbox names (modified UTF-7, RFC 3501 5.1.3) ---- */
@@ -272,5 +279,212 @@ GPtrArray *imap_command_render(const ImapCommand *cmd, const char *tag,
 /* Mark the arguments added from now on as secret (for LOGIN). */
 void imap_command_begin_secret(ImapCommand *cmd);
 const char *imap_command_verb(const ImapCommand *cmd);
+
+/* ---- Secrets ---- */
+
+/* A secret in memory, wiped when freed. */
+typedef struct {
+	char *data;
+	gsize len;
+} ImapSecret;
+
+void imap_secret_free(ImapSecret *secret);
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(ImapSecret, imap_secret_free)
+
+/* Where a password or OAuth token comes from: exactly one of these. */
+typedef struct {
+	char *command; /* run with /bin/sh -c; first line of stdout */
+	char *file; /* first line of the file */
+	char *env; /* name of an environment variable */
+} ImapSecretSource;
+
+ImapSecret *imap_secret_fetch(const ImapSecretSource *src, GError **error);
+
+/* ---- The account: a bounded pool of pipelined connections ---- */
+
+typedef enum {
+	IMAP_TLS_IMPLICIT, /* TLS from the first byte (port 993) */
+	IMAP_TLS_STARTTLS, /* strict STARTTLS (port 143) */
+	IMAP_TLS_NONE, /* plaintext: only when explicitly asked for */
+} ImapTlsMode;
+
+typedef enum {
+	IMAP_AUTH_AUTO, /* PLAIN if offered, else LOGIN */
+	IMAP_AUTH_LOGIN,
+	IMAP_AUTH_PLAIN,
+	IMAP_AUTH_XOAUTH2,
+	IMAP_AUTH_OAUTHBEARER,
+} ImapAuthMech;
+
+typedef struct {
+	char *host;
+	guint16 port; /* 0: 993 for implicit TLS, 143 otherwise */
+	ImapTlsMode tls;
+	char *cafile; /* trust only this CA file; NULL: the system store */
+	char *user;
+	ImapAuthMech auth;
+	ImapSecretSource secret; /* password, or the token command for OAuth */
+	guint timeout_ms; /* no progress for this long fails; default 30 s */
+	guint max_connections; /* default 3 */
+	gboolean no_enable; /* don't ENABLE QRESYNC/CONDSTORE */
+} ImapConfig;
+
+void imap_config_clear(ImapConfig *config);
+const char *imap_tls_mode_to_string(ImapTlsMode mode);
+gboolean imap_tls_mode_from_string(const char *s, ImapTlsMode *mode_out);
+const char *imap_auth_mech_to_string(ImapAuthMech mech);
+gboolean imap_auth_mech_from_string(const char *s, ImapAuthMech *mech_out);
+
+typedef struct _ImapClient ImapClient;
+
+/* What one command got back. Owned by the caller of imap_client_run(),
+ * or borrowed by an ImapDoneFunc for the duration of the call. */
+typedef struct {
+	ImapResponse *tagged; /* the completion (OK, NO or BAD) */
+	GPtrArray *untagged; /* ImapResponse * routed to this command and not
+				taken by its untagged handler */
+	guint32 uidvalidity; /* of the selected mailbox at completion, or 0 */
+	ImapSelectData select; /* filled for SELECT / EXAMINE */
+} ImapResult;
+
+void imap_result_free(ImapResult *result);
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(ImapResult, imap_result_free)
+
+/* Called on the connection's I/O thread for each untagged response routed
+ * to the command (see imap_command_want). Return TRUE to take it (it is not
+ * added to result->untagged). @resp is freed after the call. */
+typedef gboolean (*ImapUntaggedFunc)(const ImapResponse *resp,
+				     gpointer user_data);
+/* Called once, on an I/O thread: @result (owned by the callee) on a tagged
+ * completion of any status, else NULL with @error (transport failure,
+ * timeout, cancellation). Must not block on the client. */
+typedef void (*ImapDoneFunc)(ImapResult *result, const GError *error,
+			     gpointer user_data);
+
+/* Untagged keywords ("FETCH", "LIST", "STATUS", "ESEARCH", ...) this
+ * command collects. The oldest command in flight that wants a keyword gets
+ * it; the rest go to the client's event handler. */
+void imap_command_want(ImapCommand *cmd, const char *keyword);
+void imap_command_set_untagged(ImapCommand *cmd, ImapUntaggedFunc func,
+			       gpointer user_data);
+/* Literals of FETCH responses routed to this command go to @sink. */
+void imap_command_set_sink(ImapCommand *cmd, const ImapLiteralSink *sink,
+			   gpointer user_data);
+/* The command runs with @mailbox (raw server name) selected. When
+ * @uidvalidity is nonzero the command is sent only once the selection has
+ * confirmed it, and fails with IMAP_ERROR_UIDVALIDITY otherwise: UIDs of
+ * one generation are never applied to another. */
+void imap_command_set_mailbox(ImapCommand *cmd, const char *mailbox,
+			      guint32 uidvalidity);
+/* Safe to send again on a fresh connection after a disconnect. */
+void imap_command_set_idempotent(ImapCommand *cmd, gboolean idempotent);
+
+/* Mailbox events from responses no command asked for: EXISTS, EXPUNGE
+ * (translated to a UID when known), VANISHED, FETCH (flag changes), BYE,
+ * ALERT. Called on an I/O thread. */
+typedef enum {
+	IMAP_EVENT_EXISTS,
+	IMAP_EVENT_EXPUNGED, /* uid, or 0 if the UID was not known */
+	IMAP_EVENT_VANISHED, /* uids */
+	IMAP_EVENT_FETCH, /* fetch */
+	IMAP_EVENT_ALERT, /* text */
+	IMAP_EVENT_DISCONNECTED, /* text */
+} ImapEventKind;
+
+typedef struct {
+	ImapEventKind kind;
+	const char *mailbox; /* raw name of the selected mailbox, or NULL */
+	guint32 uidvalidity;
+	guint32 exists;
+	guint32 uid;
+	const ImapUidSet *uids;
+	const ImapFetchData *fetch;
+	const char *text;
+} ImapEvent;
+
+typedef void (*ImapEventFunc)(const ImapEvent *event, gpointer user_data);
+
+typedef struct {
+	guint64 commands; /* commands sent */
+	guint64 round_trips; /* times the client had to wait for the server */
+	guint64 bytes_in; /* IMAP bytes received (inside TLS) */
+	guint64 bytes_out; /* IMAP bytes sent (inside TLS) */
+	guint64 connects; /* connections opened (logins) */
+} ImapCounters;
+
+/* Copies @config. No connection is opened until one is needed (or
+ * imap_client_connect()). */
+ImapClient *imap_client_new(const ImapConfig *config);
+/* Fails every outstanding command with IMAP_ERROR_CANCELLED, logs out,
+ * joins the I/O threads. */
+void imap_client_free(ImapClient *client);
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(ImapClient, imap_client_free)
+void imap_client_set_event_handler(ImapClient *client, ImapEventFunc func,
+				   gpointer user_data);
+
+/* Open the first connection and log in; the way to learn early that the
+ * host, certificate or password is wrong. */
+gboolean imap_client_connect(ImapClient *client, GError **error);
+/* Capabilities of the last login (upper-cased), e.g. "QRESYNC". */
+gboolean imap_client_has_cap(ImapClient *client, const char *cap);
+/* Sorted, NULL-terminated copy of the capability list. */
+GStrv imap_client_dup_caps(ImapClient *client);
+/* The hierarchy delimiter seen in LIST "" "" (0 if unknown yet). */
+ImapCounters imap_client_counters(ImapClient *client);
+
+/* Queue @cmd; @done is called exactly once. Thread-safe. Takes a ref. */
+void imap_client_submit(ImapClient *client, ImapCommand *cmd, ImapDoneFunc done,
+			gpointer user_data);
+/* Queue @cmd and wait. NULL with @error on failure, including a NO or BAD
+ * completion (IMAP_ERROR_NO / _BAD, or a code-specific error such as
+ * IMAP_ERROR_NONEXISTENT). Never waits much beyond the timeout. */
+ImapResult *imap_client_run(ImapClient *client, ImapCommand *cmd,
+			    GError **error);
+/* Map a NO/BAD completion to a GError (NULL-safe for OK: returns TRUE). */
+gboolean imap_result_check(const ImapResult *result, GError **error);
+
+/* ---- Command constructors (each returns a new command) ---- */
+
+/* LIST "" "*" with RETURN (SPECIAL-USE) / (STATUS (...)) as offered. */
+ImapCommand *imap_cmd_list(ImapClient *client, gboolean with_status);
+ImapCommand *imap_cmd_status(const char *mailbox, const char *items);
+/* SELECT (or EXAMINE when @readonly) with QRESYNC parameters when
+ * @uidvalidity and @modseq are nonzero and QRESYNC is enabled; @known_uids
+ * may be NULL. */
+ImapCommand *imap_cmd_select(ImapClient *client, const char *mailbox,
+			     gboolean readonly, guint32 uidvalidity,
+			     guint64 modseq, const char *known_uids);
+/* UID FETCH @uids (@items) [(CHANGEDSINCE @changedsince)] */
+ImapCommand *imap_cmd_uid_fetch(const char *mailbox, guint32 uidvalidity,
+				const char *uids, const char *items,
+				guint64 changedsince);
+ImapCommand *imap_cmd_uid_search(const char *mailbox, guint32 uidvalidity,
+				 ImapClient *client, const char *criteria);
+/* UID STORE @uids @op (@flags), op "+FLAGS.SILENT", "FLAGS", ...;
+ * UNCHANGEDSINCE when @unchangedsince is nonzero. */
+ImapCommand *imap_cmd_uid_store(const char *mailbox, guint32 uidvalidity,
+				const char *uids, const char *op,
+				const char *flags, guint64 unchangedsince);
+ImapCommand *imap_cmd_uid_copy(const char *mailbox, guint32 uidvalidity,
+			       const char *uids, const char *dest,
+			       GError **error);
+ImapCommand *imap_cmd_uid_move(const char *mailbox, guint32 uidvalidity,
+			       const char *uids, const char *dest,
+			       GError **error);
+/* UID EXPUNGE only: a bare EXPUNGE is not offered (and refused by
+ * imap_client_submit()), it would remove other clients' \Deleted mail. */
+ImapCommand *imap_cmd_uid_expunge(const char *mailbox, guint32 uidvalidity,
+				  const char *uids);
+/* APPEND @mailbox (@flags) "@date" {message}; @flags may be NULL, @date
+ * 0 for the server's time. */
+ImapCommand *imap_cmd_append(const char *mailbox, const char *flags,
+			     gint64 date, GBytes *message, GError **error);
+ImapCommand *imap_cmd_create(const char *mailbox, GError **error);
+ImapCommand *imap_cmd_delete(const char *mailbox, GError **error);
+ImapCommand *imap_cmd_rename(const char *from, const char *to, GError **error);
+ImapCommand *imap_cmd_simple(const char *verb); /* NOOP, CAPABILITY, ... */
+/* IDLE: runs until the client has other work for its connection or
+ * imap_client_free(); untagged data goes to the event handler. */
+ImapCommand *imap_cmd_idle(const char *mailbox);
 
 G_END_DECLS
