@@ -163,8 +163,14 @@ ImapCommand *imap_cmd_uid_move(const char *mailbox, guint32 uidvalidity,
 			       const char *uids, const char *dest,
 			       GError **error)
 {
-	return copy_or_move("UID MOVE", mailbox, uidvalidity, uids, dest,
-			    error);
+	ImapCommand *cmd = copy_or_move("UID MOVE", mailbox, uidvalidity, uids,
+					dest, error);
+
+	/* RFC 6851: COPYUID arrives in an untagged OK before the
+	 * expunges. */
+	if (cmd)
+		imap_command_want(cmd, "OK");
+	return cmd;
 }
 
 ImapCommand *imap_cmd_uid_expunge(const char *mailbox, guint32 uidvalidity,

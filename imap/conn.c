@@ -1091,9 +1091,9 @@ static ImapFlight *conn_select_flight(ImapConn *conn)
 	return NULL;
 }
 
-static void conn_selected(ImapConn *conn, ImapFlight *f)
+static void conn_selected(ImapConn *conn, ImapFlight *f, ImapResult *result)
 {
-	const ImapResponse *t = f->result->tagged;
+	const ImapResponse *t = result->tagged;
 
 	g_clear_pointer(&conn->selected, g_free);
 	conn->selected_uidvalidity = 0;
@@ -1102,15 +1102,15 @@ static void conn_selected(ImapConn *conn, ImapFlight *f)
 	g_clear_error(&conn->failed_select_error);
 	if (t->status == IMAP_STATUS_OK) {
 		conn->selected = g_strdup(f->cmd->selects);
-		conn->selected_uidvalidity = f->result->select.uidvalidity;
-		g_array_set_size(conn->seqmap, f->result->select.exists);
+		conn->selected_uidvalidity = result->select.uidvalidity;
+		g_array_set_size(conn->seqmap, result->select.exists);
 		memset(conn->seqmap->data, 0,
-		       sizeof(guint32) * f->result->select.exists);
+		       sizeof(guint32) * result->select.exists);
 	} else {
 		/* The server has now no mailbox selected (RFC 3501 6.3.1);
 		 * commands queued for that mailbox fail with this error. */
 		conn->failed_select = g_strdup(f->cmd->selects);
-		imap_result_check(f->result, &conn->failed_select_error);
+		imap_result_check(result, &conn->failed_select_error);
 	}
 }
 
@@ -1122,7 +1122,7 @@ static void conn_complete(ImapConn *conn, ImapFlight *f, ImapResponse *resp)
 	result->tagged = resp;
 	if (is_select_verb(f->cmd)) {
 		imap_select_data_update(&result->select, resp);
-		conn_selected(conn, f);
+		conn_selected(conn, f, result);
 	}
 	result->uidvalidity = conn->selected_uidvalidity;
 	if (!f->internal)
@@ -1266,6 +1266,8 @@ static gboolean conn_untagged(ImapConn *conn, ImapResponse *resp,
 	}
 	if (!f && resp->keyword && !g_str_equal(resp->keyword, "EXPUNGE"))
 		f = conn_route(conn, resp->keyword);
+	if (!f && resp->status == IMAP_STATUS_OK && resp->code)
+		f = conn_route(conn, "OK"); /* e.g. COPYUID during UID MOVE */
 	if (!f) {
 		conn_event(conn, resp, expunged);
 		imap_response_free(resp);
