@@ -12,6 +12,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
 
 #include "fs.h"
 
@@ -24,6 +29,9 @@ typedef struct {
 	char *token_command;
 	char *user;
 	char *password; /* only to refuse it */
+	char *cache_dir;
+	char *cache;
+	char *cache_size;
 	unsigned port;
 	unsigned timeout;
 	unsigned max_connections;
@@ -32,8 +40,15 @@ typedef struct {
 	int foreground;
 	int help;
 	int version;
+	int ro;
+	int allow_other;
+	int default_permissions;
 	GPtrArray *positional;
 } RawOptions;
+
+enum {
+	KEY_KEEP,
+};
 
 #define OPT(t, p)                             \
 	{                                     \
@@ -52,6 +67,28 @@ static const struct fuse_opt option_spec[] = {
 	OPT("port=%u", port),
 	OPT("timeout=%u", timeout),
 	OPT("max_connections=%u", max_connections),
+	OPT("cache_dir=%s", cache_dir),
+	OPT("cache=%s", cache),
+	OPT("cache_size=%s", cache_size),
+	/* Also handed to the kernel: keep them (FUSE_OPT_KEY). */
+	OPT("ro", ro),
+	FUSE_OPT_KEY("ro", KEY_KEEP),
+	OPT("allow_other", allow_other),
+	FUSE_OPT_KEY("allow_other", KEY_KEEP),
+	OPT("default_permissions", default_permissions),
+	FUSE_OPT_KEY("default_permissions", KEY_KEEP),
+	/* fstab words that mean something to mount(8), not to us. */
+	FUSE_OPT_KEY("noauto", FUSE_OPT_KEY_DISCARD),
+	FUSE_OPT_KEY("auto", FUSE_OPT_KEY_DISCARD),
+	FUSE_OPT_KEY("user", FUSE_OPT_KEY_DISCARD),
+	FUSE_OPT_KEY("users", FUSE_OPT_KEY_DISCARD),
+	FUSE_OPT_KEY("nouser", FUSE_OPT_KEY_DISCARD),
+	FUSE_OPT_KEY("owner", FUSE_OPT_KEY_DISCARD),
+	FUSE_OPT_KEY("defaults", FUSE_OPT_KEY_DISCARD),
+	FUSE_OPT_KEY("_netdev", FUSE_OPT_KEY_DISCARD),
+	FUSE_OPT_KEY("nofail", FUSE_OPT_KEY_DISCARD),
+	FUSE_OPT_KEY("rw", FUSE_OPT_KEY_DISCARD),
+
 	OPT("--check", check),
 	OPT("-d", debug),
 	OPT("debug", debug),
@@ -72,6 +109,10 @@ static int opt_proc(void *data, const char *arg, int key,
 		g_ptr_array_add(raw->positional, g_strdup(arg));
 		return 0;
 	}
+	/* fstab: "comment=...", "x-systemd.automount" are for others. */
+	if (key == FUSE_OPT_KEY_OPT &&
+	    (g_str_has_prefix(arg, "x-") || g_str_has_prefix(arg, "comment=")))
+		return 0;
 	return 1; /* keep: a FUSE option for the mount */
 }
 
@@ -98,6 +139,13 @@ static void usage(const char *prog)
 	       "    -o timeout=S             give up on a silent server after "
 	       "S seconds (30)\n"
 	       "    -o max_connections=N     connections to the server (3)\n"
+	       "    -o cache_dir=DIR         default "
+	       "$XDG_CACHE_HOME/imapfs/ACCOUNT\n"
+	       "    -o cache=none|headers|full   how much to keep on disk "
+	       "(full)\n"
+	       "    -o cache_size=SIZE       bodies kept on disk, e.g. 2G "
+	       "(1G)\n"
+	       "    -o ro                    read-only mount\n"
 	       "    --check                  log in, list capabilities and "
 	       "folders, exit\n"
 	       "    -d                       debug: protocol trace (secrets "
@@ -155,6 +203,119 @@ static gboolean parse_account(const char *spec, FsOptions *opts, GError **error)
 	return TRUE;
 }
 
+/* Fill what the command line left open from the account's section in
+ * $XDG_CONFIG_HOME/imapfs/config (so `imapfs work ~/mail` works). */
+static gboolean apply_config(RawOptions *raw, GError **error)
+{
+	g_autofree char *path = g_build_filename(g_get_user_config_dir(),
+						 "imapfs", "config", NULL);
+	g_autoptr(GKeyFile) kf = g_key_file_new();
+	const char *section;
+	g_autoptr(GError) local = NULL;
+
+	if (raw->positional->len < 1)
+		return TRUE;
+	section = raw->positional->pdata[0];
+	if (!g_key_file_load_from_file(kf, path, G_KEY_FILE_NONE, &local)) {
+		if (g_error_matches(local, G_FILE_ERROR, G_FILE_ERROR_NOENT))
+			return TRUE;
+		g_set_error(error, G_OPTION_ERROR, G_OPTION_ERROR_FAILED,
+			    "%s: %s", path, local->message);
+		return FALSE;
+	}
+	if (!g_key_file_has_group(kf, section))
+		return TRUE;
+
+	g_autofree char *host =
+		g_key_file_get_string(kf, section, "host", NULL);
+
+	if (!host) {
+		g_set_error(error, G_OPTION_ERROR, G_OPTION_ERROR_BAD_VALUE,
+			    "%s: [%s] has no host", path, section);
+		return FALSE;
+	}
+	if (g_key_file_has_key(kf, section, "password", NULL)) {
+		g_set_error(error, G_OPTION_ERROR, G_OPTION_ERROR_BAD_VALUE,
+			    "%s: [%s]: use password_command or password_file, "
+			    "not password",
+			    path, section);
+		return FALSE;
+	}
+	g_free(raw->positional->pdata[0]);
+	raw->positional->pdata[0] = g_steal_pointer(&host);
+#define FROM_CONFIG(field, key)                                                \
+	do {                                                                   \
+		if (!raw->field)                                               \
+			raw->field =                                           \
+				g_key_file_get_string(kf, section, key, NULL); \
+	} while (0)
+	FROM_CONFIG(user, "user");
+	FROM_CONFIG(tls, "tls");
+	FROM_CONFIG(auth, "auth");
+	FROM_CONFIG(cafile, "cafile");
+	FROM_CONFIG(password_command, "password_command");
+	FROM_CONFIG(password_file, "password_file");
+	FROM_CONFIG(token_command, "token_command");
+	FROM_CONFIG(cache_dir, "cache_dir");
+	FROM_CONFIG(cache, "cache");
+	FROM_CONFIG(cache_size, "cache_size");
+#undef FROM_CONFIG
+	if (!raw->port)
+		raw->port = (unsigned)g_key_file_get_integer(kf, section,
+							     "port", NULL);
+	if (!raw->ro)
+		raw->ro = g_key_file_get_boolean(kf, section, "ro", NULL);
+	return TRUE;
+}
+
+static gboolean parse_size(const char *s, guint64 *out)
+{
+	char *end = NULL;
+	guint64 v = g_ascii_strtoull(s, &end, 10);
+	guint64 mult = 1;
+
+	if (end == s)
+		return FALSE;
+	switch (g_ascii_toupper(*end)) {
+	case 'K':
+		mult = G_GUINT64_CONSTANT(1) << 10;
+		break;
+	case 'M':
+		mult = G_GUINT64_CONSTANT(1) << 20;
+		break;
+	case 'G':
+		mult = G_GUINT64_CONSTANT(1) << 30;
+		break;
+	case 'T':
+		mult = G_GUINT64_CONSTANT(1) << 40;
+		break;
+	case '\0':
+		break;
+	default:
+		return FALSE;
+	}
+	if (*end && end[1] && g_ascii_strcasecmp(end + 1, "iB") != 0 &&
+	    g_ascii_strcasecmp(end + 1, "B") != 0)
+		return FALSE;
+	if (v > G_MAXUINT64 / mult)
+		return FALSE;
+	*out = v * mult;
+	return TRUE;
+}
+
+/* user@host[:port] made safe as one path component. */
+static char *account_dir_name(const ImapConfig *cfg)
+{
+	g_autofree char *s =
+		g_strdup_printf("%s@%s:%u", cfg->user, cfg->host, cfg->port);
+
+	for (char *p = s; *p; p++) {
+		if (*p == '/' || *p == '\\' || (unsigned char)*p < 0x20)
+			*p = '_';
+	}
+	return g_steal_pointer(&s);
+}
+
 static gboolean options_from_raw(RawOptions *raw, FsOptions *opts,
 				 GError **error)
 {
@@ -163,6 +324,7 @@ static gboolean options_from_raw(RawOptions *raw, FsOptions *opts,
 	opts->check = raw->check;
 	opts->debug = raw->debug;
 	opts->foreground = raw->foreground || raw->debug;
+	opts->ro = raw->ro;
 	if (raw->password) {
 		g_set_error(
 			error, G_OPTION_ERROR, G_OPTION_ERROR_BAD_VALUE,
@@ -182,6 +344,26 @@ static gboolean options_from_raw(RawOptions *raw, FsOptions *opts,
 			    "unknown auth mechanism %s", raw->auth);
 		return FALSE;
 	}
+	opts->cache_keep = CACHE_KEEP_FULL;
+	if (raw->cache) {
+		if (g_str_equal(raw->cache, "none"))
+			opts->cache_keep = CACHE_KEEP_NONE;
+		else if (g_str_equal(raw->cache, "headers"))
+			opts->cache_keep = CACHE_KEEP_HEADERS;
+		else if (!g_str_equal(raw->cache, "full")) {
+			g_set_error(error, G_OPTION_ERROR,
+				    G_OPTION_ERROR_BAD_VALUE,
+				    "cache must be none, headers or full");
+			return FALSE;
+		}
+	}
+	opts->cache_size = G_GUINT64_CONSTANT(1) << 30;
+	if (raw->cache_size &&
+	    !parse_size(raw->cache_size, &opts->cache_size)) {
+		g_set_error(error, G_OPTION_ERROR, G_OPTION_ERROR_BAD_VALUE,
+			    "cache_size: not a size: %s", raw->cache_size);
+		return FALSE;
+	}
 	if (raw->positional->len < 1) {
 		g_set_error(error, G_OPTION_ERROR, G_OPTION_ERROR_BAD_VALUE,
 			    "no server given (see --help)");
@@ -198,6 +380,11 @@ static gboolean options_from_raw(RawOptions *raw, FsOptions *opts,
 			    (char *)raw->positional->pdata[2]);
 		return FALSE;
 	}
+	if (!opts->check && !opts->mountpoint) {
+		g_set_error(error, G_OPTION_ERROR, G_OPTION_ERROR_BAD_VALUE,
+			    "no mountpoint given (see --help)");
+		return FALSE;
+	}
 	if (raw->user) {
 		g_free(cfg->user);
 		cfg->user = g_strdup(raw->user);
@@ -206,7 +393,10 @@ static gboolean options_from_raw(RawOptions *raw, FsOptions *opts,
 		cfg->user = g_strdup(g_get_user_name());
 	if (raw->port)
 		cfg->port = (guint16)MIN(raw->port, 65535u);
-	cfg->cafile = g_strdup(raw->cafile);
+	if (!cfg->port)
+		cfg->port = cfg->tls == IMAP_TLS_IMPLICIT ? 993 : 143;
+	cfg->cafile =
+		raw->cafile ? g_canonicalize_filename(raw->cafile, NULL) : NULL;
 	if (cfg->auth == IMAP_AUTH_XOAUTH2 ||
 	    cfg->auth == IMAP_AUTH_OAUTHBEARER) {
 		if (!raw->token_command) {
@@ -219,12 +409,21 @@ static gboolean options_from_raw(RawOptions *raw, FsOptions *opts,
 	} else if (raw->password_command) {
 		cfg->secret.command = g_strdup(raw->password_command);
 	} else if (raw->password_file) {
-		cfg->secret.file = g_strdup(raw->password_file);
+		cfg->secret.file =
+			g_canonicalize_filename(raw->password_file, NULL);
 	} else {
 		cfg->secret.env = g_strdup("IMAPFS_PASSWORD");
 	}
 	cfg->timeout_ms = raw->timeout * 1000;
 	cfg->max_connections = raw->max_connections;
+	if (raw->cache_dir) {
+		opts->cache_dir = g_canonicalize_filename(raw->cache_dir, NULL);
+	} else {
+		g_autofree char *name = account_dir_name(cfg);
+
+		opts->cache_dir = g_build_filename(g_get_user_cache_dir(),
+						   "imapfs", name, NULL);
+	}
 	return TRUE;
 }
 
@@ -237,10 +436,164 @@ static void raw_clear(RawOptions *raw)
 	g_free(raw->password_file);
 	g_free(raw->token_command);
 	g_free(raw->user);
+	g_free(raw->cache_dir);
+	g_free(raw->cache);
+	g_free(raw->cache_size);
 	if (raw->password)
 		explicit_bzero(raw->password, strlen(raw->password));
 	g_free(raw->password);
 	g_ptr_array_unref(raw->positional);
+}
+
+/*
+ * Without -f, fork before any thread exists; the child logs in and mounts,
+ * and the parent waits to hear that it worked. So a wrong password or an
+ * unreachable server fails the command itself, with one line on stderr,
+ * and never leaves a dead mountpoint behind.
+ */
+static int ready_fd = -1;
+
+static gboolean daemon_start(void)
+{
+	int p[2];
+	pid_t pid;
+	char c = 1;
+
+	if (pipe2(p, O_CLOEXEC) < 0)
+		return FALSE;
+	pid = fork();
+	if (pid < 0)
+		return FALSE;
+	if (pid > 0) {
+		int status = 0;
+
+		close(p[1]);
+		if (read(p[0], &c, 1) == 1 && c == 0)
+			_exit(0);
+		waitpid(pid, &status, 0);
+		_exit(WIFEXITED(status) && WEXITSTATUS(status)
+			      ? WEXITSTATUS(status)
+			      : 1);
+	}
+	close(p[0]);
+	ready_fd = p[1];
+	setsid();
+	return TRUE;
+}
+
+static void daemon_ready(void)
+{
+	char c = 0;
+	int null;
+
+	if (ready_fd < 0)
+		return;
+	null = open("/dev/null", O_RDWR | O_CLOEXEC);
+	if (null >= 0) {
+		dup2(null, STDIN_FILENO);
+		dup2(null, STDOUT_FILENO);
+		dup2(null, STDERR_FILENO);
+		if (null > STDERR_FILENO)
+			close(null);
+	}
+	if (chdir("/") < 0) {
+		/* not fatal: the mount is up */
+	}
+	if (write(ready_fd, &c, 1) != 1) {
+		/* the parent is gone; nothing to tell */
+	}
+	close(ready_fd);
+	ready_fd = -1;
+}
+
+static gboolean check_mountpoint(const char *path, GError **error)
+{
+	struct stat st;
+
+	if (stat(path, &st) < 0) {
+		int e = errno;
+
+		g_set_error(error, G_FILE_ERROR, g_file_error_from_errno(e),
+			    "mountpoint %s: %s", path, g_strerror(e));
+		return FALSE;
+	}
+	if (!S_ISDIR(st.st_mode)) {
+		g_set_error(error, G_FILE_ERROR, G_FILE_ERROR_NOTDIR,
+			    "mountpoint %s: not a directory", path);
+		return FALSE;
+	}
+	return TRUE;
+}
+
+static int fs_mount(FsOptions *opts, struct fuse_args *args)
+{
+	g_autoptr(GError) error = NULL;
+	g_autoptr(ImapClient) client = NULL;
+	g_autoptr(Cache) cache = NULL;
+	CacheConfig ccfg = {.dir = opts->cache_dir,
+			    .keep = opts->cache_keep,
+			    .size_limit = opts->cache_size};
+	Fs fs = {.ro = opts->ro,
+		 .uid = getuid(),
+		 .gid = getgid(),
+		 .mount_time = time(NULL),
+		 .cache_dir = opts->cache_dir};
+	struct fuse_session *se;
+	struct fuse_loop_config *loop;
+	g_autofree char *fsname = NULL;
+	int status = 1;
+
+	if (!check_mountpoint(opts->mountpoint, &error))
+		goto fail;
+	if (!opts->foreground && !daemon_start()) {
+		fprintf(stderr, "imapfs: cannot start the daemon: %s\n",
+			g_strerror(errno));
+		return 1;
+	}
+	client = imap_client_new(&opts->imap);
+	if (!imap_client_connect(client, &error))
+		goto fail_host;
+	cache = cache_open(client, &ccfg, &error);
+	if (!cache)
+		goto fail;
+	if (!cache_refresh_folders(cache, &error))
+		goto fail_host;
+	fs.cache = cache;
+
+	fsname = g_strdup_printf("-ofsname=imapfs#%s@%s,subtype=imapfs",
+				 opts->imap.user, opts->imap.host);
+	fuse_opt_add_arg(args, fsname);
+	se = fuse_session_new(args, &fs_ops, sizeof(fs_ops), &fs);
+	if (!se) {
+		g_set_error(&error, G_FILE_ERROR, G_FILE_ERROR_FAILED,
+			    "bad FUSE options");
+		goto fail;
+	}
+	if (fuse_set_signal_handlers(se) != 0 ||
+	    fuse_session_mount(se, opts->mountpoint) != 0) {
+		g_set_error(&error, G_FILE_ERROR, G_FILE_ERROR_FAILED,
+			    "cannot mount on %s", opts->mountpoint);
+		fuse_session_destroy(se);
+		goto fail;
+	}
+	daemon_ready();
+	loop = fuse_loop_cfg_create();
+	fuse_loop_cfg_set_clone_fd(loop, 0);
+	fuse_loop_cfg_set_max_threads(loop, 16);
+	fuse_loop_cfg_set_idle_threads(loop, 4);
+	status = fuse_session_loop_mt(se, loop) == 0 ? 0 : 1;
+	fuse_loop_cfg_destroy(loop);
+	fuse_session_unmount(se);
+	fuse_remove_signal_handlers(se);
+	fuse_session_destroy(se);
+	return status;
+
+fail_host:
+	fprintf(stderr, "imapfs: %s: %s\n", opts->imap.host, error->message);
+	return 1;
+fail:
+	fprintf(stderr, "imapfs: %s\n", error->message);
+	return 1;
 }
 
 int main(int argc, char **argv)
@@ -259,27 +612,32 @@ int main(int argc, char **argv)
 		goto out;
 	}
 	if (raw.version) {
-		printf("imapfs %s\n", IMAPFS_VERSION);
+		printf("imapfs %s (libfuse %s)\n", IMAPFS_VERSION,
+		       fuse_pkgversion());
 		status = 0;
 		goto out;
 	}
-	if (!options_from_raw(&raw, &opts, &error)) {
+	if (!apply_config(&raw, &error) ||
+	    !options_from_raw(&raw, &opts, &error)) {
 		fprintf(stderr, "imapfs: %s\n", error->message);
 		goto out;
 	}
+	if (raw.allow_other && !raw.default_permissions) {
+		/* Other users get in only through the kernel's checks. */
+		fuse_opt_add_arg(&args, "-odefault_permissions");
+	}
 	if (opts.debug)
 		g_log_set_debug_enabled(TRUE);
-	if (opts.check) {
+	if (opts.check)
 		status = fs_check(&opts);
-		goto out;
-	}
-	fprintf(stderr, "imapfs: mounting is not part of this build yet; "
-			"use --check to test a server\n");
+	else
+		status = fs_mount(&opts, &args);
 out:
 	raw_clear(&raw);
 	imap_config_clear(&opts.imap);
 	g_free(opts.account);
 	g_free(opts.mountpoint);
+	g_free(opts.cache_dir);
 	fuse_opt_free_args(&args);
 	return status;
 }

@@ -1,0 +1,743 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Message bodies on disk: bodies/<folder id>/<UIDVALIDITY>/<UID>, names
+ * built from numbers only. A body file is complete or absent: it is
+ * streamed from the socket into tmp/, its length checked against the
+ * literal, fsync'd and renamed into place. Big bodies are read in ranges
+ * into a partial file that becomes a body file once every range is there.
+ */
+#include "cache-private.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <glib/gstdio.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+void cache_note_open(Cache *c, const CacheMessage *m);
+
+char *cache_body_path(Cache *c, const CacheMessage *m)
+{
+	char name[64];
+
+	g_snprintf(name, sizeof(name), "%" G_GUINT64_FORMAT "/%u/%u",
+		   m->folder_id, m->uidvalidity, m->uid);
+	return g_build_filename(c->body_dir, name, NULL);
+}
+
+static char *folder_dir(Cache *c, guint64 folder_id)
+{
+	char name[32];
+
+	g_snprintf(name, sizeof(name), "%" G_GUINT64_FORMAT, folder_id);
+	return g_build_filename(c->body_dir, name, NULL);
+}
+
+void cache_body_remove_folder(Cache *c, guint64 folder_id)
+{
+	g_autofree char *dir = folder_dir(c, folder_id);
+	g_autoptr(GDir) d = g_dir_open(dir, 0, NULL);
+	const char *gen;
+
+	while (d && (gen = g_dir_read_name(d))) {
+		g_autofree char *gdir = g_build_filename(dir, gen, NULL);
+		g_autoptr(GDir) gd = g_dir_open(gdir, 0, NULL);
+		const char *f;
+
+		while (gd && (f = g_dir_read_name(gd))) {
+			g_autofree char *p = g_build_filename(gdir, f, NULL);
+
+			g_unlink(p);
+		}
+		g_rmdir(gdir);
+	}
+	g_rmdir(dir);
+}
+
+/* ---- streaming a literal into a file ---- */
+
+typedef struct {
+	int fd;
+	char *tmp_path; /* NULL for a partial file written in place */
+	guint64 offset; /* where the literal goes in the file */
+	guint64 expected; /* literal size */
+	guint64 written;
+	gboolean complete;
+	int error; /* errno of a failed write; the rest is dropped */
+} FileHandle;
+
+static void file_handle_free(FileHandle *h)
+{
+	if (h->tmp_path) {
+		/* Not renamed into place: it never becomes a body. */
+		g_unlink(h->tmp_path);
+		g_free(h->tmp_path);
+	}
+	if (h->fd >= 0 && h->tmp_path)
+		close(h->fd);
+	g_free(h);
+}
+
+/* One body fetch (whole bodies of several messages, or one range). */
+typedef struct {
+	Cache *c;
+	guint64 folder_id;
+	guint32 uidvalidity;
+	GHashTable *ids_by_uid; /* uid -> message id, being fetched */
+	GPtrArray *handles; /* FileHandle *, freed at the end */
+	/* range mode */
+	int range_fd;
+	guint64 range_offset;
+	guint64 range_got;
+	gboolean range_done;
+	gboolean prefetch;
+	guint bodies;
+	gboolean expunged; /* [EXPUNGEISSUED] or no body for a UID */
+} Fetch;
+
+static gpointer sink_open(guint64 size, const char *context,
+			  const ImapResponse *resp, gpointer user_data)
+{
+	Fetch *f = user_data;
+	FileHandle *h;
+
+	if (!context || !g_str_has_prefix(context, "BODY[]"))
+		return NULL;
+	h = g_new0(FileHandle, 1);
+	h->expected = size;
+	if (f->range_fd >= 0) {
+		h->fd = f->range_fd;
+		h->offset = f->range_offset;
+	} else {
+		h->tmp_path =
+			g_build_filename(f->c->tmp_dir, "bodyXXXXXX", NULL);
+		h->fd = g_mkstemp_full(h->tmp_path, O_RDWR | O_CLOEXEC, 0600);
+		if (h->fd < 0)
+			h->error = errno;
+	}
+	g_ptr_array_add(f->handles, h);
+	return h;
+}
+
+static gboolean sink_write(gpointer handle, const guint8 *data, gsize len,
+			   gpointer user_data, GError **error)
+{
+	FileHandle *h = handle;
+
+	/* A local failure (disk full) must not tear down the connection
+	 * that other commands share: drop the bytes, fail this body. */
+	while (len > 0 && !h->error) {
+		ssize_t n = pwrite(h->fd, data, len,
+				   (off_t)(h->offset + h->written));
+
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			h->error = errno;
+			break;
+		}
+		h->written += (guint64)n;
+		data += n;
+		len -= (gsize)n;
+	}
+	return TRUE;
+}
+
+static void sink_close(gpointer handle, gboolean complete, gpointer user_data)
+{
+	FileHandle *h = handle;
+
+	h->complete = complete && !h->error && h->written == h->expected;
+}
+
+static const ImapLiteralSink file_sink = {
+	.open = sink_open,
+	.write = sink_write,
+	.close = sink_close,
+};
+
+static void fetch_free(Fetch *f)
+{
+	g_ptr_array_unref(f->handles);
+	g_hash_table_unref(f->ids_by_uid);
+	g_free(f);
+}
+
+/* A complete FETCH response: put its body where it belongs. Runs on the
+ * connection's thread. */
+static gboolean fetch_untagged_cb(const ImapResponse *resp, gpointer user_data)
+{
+	Fetch *f = user_data;
+	g_autoptr(ImapFetchData) fd = NULL;
+	const ImapFetchSection *sec;
+	FileHandle *h;
+
+	if (g_strcmp0(resp->keyword, "FETCH") != 0)
+		return FALSE;
+	fd = imap_decode_fetch(resp, NULL);
+	if (!fd || !(fd->has & IMAP_FETCH_HAS_UID))
+		return TRUE;
+	sec = imap_fetch_data_section(fd, "");
+	if (!sec || !sec->value || sec->value->type != IMAP_VALUE_STREAMED)
+		return TRUE; /* flags of another client's change, or NIL */
+	h = sec->value->sink_handle;
+	if (!h->complete)
+		return TRUE;
+	if (f->range_fd >= 0) {
+		if (fd->uid == GPOINTER_TO_UINT(g_hash_table_lookup(
+				       f->ids_by_uid,
+				       GUINT_TO_POINTER(fd->uid))) ||
+		    g_hash_table_contains(f->ids_by_uid,
+					  GUINT_TO_POINTER(fd->uid))) {
+			f->range_got = h->written;
+			f->range_done = TRUE;
+		}
+		return TRUE;
+	}
+	if (!g_hash_table_contains(f->ids_by_uid, GUINT_TO_POINTER(fd->uid)))
+		return TRUE;
+
+	CacheMessage tmp = {.folder_id = f->folder_id,
+			    .uidvalidity = f->uidvalidity,
+			    .uid = fd->uid};
+	g_autofree char *path = cache_body_path(f->c, &tmp);
+	g_autofree char *dir = g_path_get_dirname(path);
+
+	if (fsync(h->fd) < 0 || g_mkdir_with_parents(dir, 0700) < 0 ||
+	    rename(h->tmp_path, path) < 0) {
+		g_warning("cannot store a body in %s: %s", dir,
+			  g_strerror(errno));
+		return TRUE;
+	}
+	g_clear_pointer(&h->tmp_path, g_free);
+	close(h->fd);
+	h->fd = -1;
+	f->bodies++;
+	g_mutex_lock(&f->c->lock);
+	f->c->counters.body_bytes_fetched += h->written;
+	/* The literal is the truth; RFC822.SIZE was only announced. */
+	guint64 id = GPOINTER_TO_SIZE(
+		g_hash_table_lookup(f->ids_by_uid, GUINT_TO_POINTER(fd->uid)));
+	CacheMessage *m = g_hash_table_lookup(f->c->messages, &id);
+
+	if (m && m->size != h->written) {
+		g_warning("message %u: RFC822.SIZE %" G_GUINT64_FORMAT
+			  " but the body has %" G_GUINT64_FORMAT " bytes",
+			  m->uid, m->size, h->written);
+		m->size = h->written;
+	}
+	g_mutex_unlock(&f->c->lock);
+	return TRUE;
+}
+
+typedef struct {
+	Fetch *fetch;
+	GMutex lock;
+	GCond cond;
+	gboolean done;
+	GError *error;
+	gboolean async; /* prefetch: nobody waits; free on completion */
+} FetchWait;
+
+static void end_fetching(Cache *c, Fetch *f)
+{
+	GHashTableIter it;
+	gpointer v;
+
+	g_mutex_lock(&c->lock);
+	g_hash_table_iter_init(&it, f->ids_by_uid);
+	while (g_hash_table_iter_next(&it, NULL, &v)) {
+		guint64 id = GPOINTER_TO_SIZE(v);
+
+		g_hash_table_remove(c->fetching, &id);
+	}
+	g_cond_broadcast(&c->fetch_cond);
+	g_mutex_unlock(&c->lock);
+}
+
+static void fetch_done_cb(ImapResult *result, const GError *error,
+			  gpointer user_data)
+{
+	FetchWait *w = user_data;
+	Fetch *f = w->fetch;
+	GError *e = NULL;
+
+	if (error)
+		e = g_error_copy(error);
+	else if (!imap_result_check(result, &e) ||
+		 imap_response_has_code(result->tagged, "EXPUNGEISSUED"))
+		f->expunged = TRUE;
+	imap_result_free(result);
+	end_fetching(f->c, f);
+	if (w->async) {
+		g_clear_error(&e);
+		fetch_free(f);
+		g_free(w);
+		return;
+	}
+	g_mutex_lock(&w->lock);
+	w->error = e;
+	w->done = TRUE;
+	g_cond_signal(&w->cond);
+	g_mutex_unlock(&w->lock);
+}
+
+static GString *uid_list(GArray *uids)
+{
+	GString *s = g_string_new(NULL);
+
+	for (guint i = 0; i < uids->len; i++)
+		g_string_append_printf(s, "%s%u", i ? "," : "",
+				       g_array_index(uids, guint32, i));
+	return s;
+}
+
+static ImapCommand *body_command(Fetch *f, const char *raw, const char *set,
+				 const char *items)
+{
+	ImapCommand *cmd =
+		imap_cmd_uid_fetch(raw, f->uidvalidity, set, items, 0);
+
+	imap_command_set_sink(cmd, &file_sink, f);
+	imap_command_set_untagged(cmd, fetch_untagged_cb, f);
+	return cmd;
+}
+
+static Fetch *fetch_new(Cache *c, const CacheMessage *m)
+{
+	Fetch *f = g_new0(Fetch, 1);
+
+	f->c = c;
+	f->folder_id = m->folder_id;
+	f->uidvalidity = m->uidvalidity;
+	f->range_fd = -1;
+	f->ids_by_uid = g_hash_table_new(NULL, NULL);
+	f->handles = g_ptr_array_new_with_free_func(
+		(GDestroyNotify)file_handle_free);
+	return f;
+}
+
+static gboolean run_fetch_wait(Cache *c, ImapCommand *cmd, Fetch *f,
+			       GError **error)
+{
+	FetchWait w = {.fetch = f};
+	gboolean ok;
+
+	g_mutex_init(&w.lock);
+	g_cond_init(&w.cond);
+	imap_client_submit(c->client, cmd, fetch_done_cb, &w);
+	g_mutex_lock(&w.lock);
+	while (!w.done)
+		g_cond_wait(&w.cond, &w.lock);
+	g_mutex_unlock(&w.lock);
+	g_mutex_clear(&w.lock);
+	g_cond_clear(&w.cond);
+	ok = w.error == NULL;
+	if (w.error)
+		g_propagate_error(error, w.error);
+	return ok;
+}
+
+/* Mark @m as being fetched by us; FALSE if someone else already is. */
+static gboolean claim_locked(Cache *c, const CacheMessage *m)
+{
+	guint64 *k;
+
+	if (g_hash_table_contains(c->fetching, &m->id))
+		return FALSE;
+	k = g_new(guint64, 1);
+	*k = m->id;
+	g_hash_table_add(c->fetching, k);
+	return TRUE;
+}
+
+static char *folder_raw(Cache *c, guint64 folder_id)
+{
+	g_autoptr(CacheFolder) f = cache_folder_get(c, folder_id);
+
+	return f && f->raw ? g_strdup(f->raw) : NULL;
+}
+
+/* Make the whole body of @m a file; fetch it at most once at a time. */
+static gboolean body_ensure(Cache *c, CacheMessage *m, GError **error)
+{
+	g_autofree char *path = cache_body_path(c, m);
+	g_autofree char *raw = NULL;
+	g_autoptr(ImapCommand) cmd = NULL;
+	Fetch *f;
+	gboolean ok;
+
+	g_mutex_lock(&c->lock);
+	for (;;) {
+		if (g_file_test(path, G_FILE_TEST_EXISTS)) {
+			g_mutex_unlock(&c->lock);
+			return TRUE;
+		}
+		if (claim_locked(c, m))
+			break;
+		g_cond_wait(&c->fetch_cond, &c->lock);
+	}
+	c->counters.body_fetches++;
+	g_mutex_unlock(&c->lock);
+
+	raw = folder_raw(c, m->folder_id);
+	if (!raw) {
+		g_set_error(error, CACHE_ERROR, CACHE_ERROR_NOT_FOUND,
+			    "the folder is gone");
+		return FALSE;
+	}
+	f = fetch_new(c, m);
+	g_hash_table_insert(f->ids_by_uid, GUINT_TO_POINTER(m->uid),
+			    GSIZE_TO_POINTER(m->id));
+	{
+		char set[16];
+
+		g_snprintf(set, sizeof(set), "%u", m->uid);
+		cmd = body_command(f, raw, set, "UID BODY.PEEK[]");
+	}
+	ok = run_fetch_wait(c, cmd, f, error);
+	if (ok && f->bodies == 0) {
+		g_set_error(error, CACHE_ERROR, CACHE_ERROR_NOT_FOUND,
+			    "message %u was expunged on the server", m->uid);
+		ok = FALSE;
+	}
+	fetch_free(f);
+	return ok;
+}
+
+/* ---- prefetch on sequential scans ---- */
+
+void cache_prefetch_after(Cache *c, guint64 folder_id, FolderState *st,
+			  guint index)
+{
+	g_autoptr(GArray) uids = g_array_new(FALSE, FALSE, sizeof(guint32));
+	g_autofree char *raw = folder_raw(c, folder_id);
+	Fetch *f = NULL;
+	guint64 bytes = 0;
+	guint i;
+
+	if (!raw)
+		return;
+	g_mutex_lock(&c->lock);
+	if (!st->msgs) {
+		g_mutex_unlock(&c->lock);
+		return;
+	}
+	i = MAX(index + 1, st->prefetched_upto);
+	for (; i < st->msgs->len && uids->len < CACHE_PREFETCH_MESSAGES &&
+	       bytes < CACHE_PREFETCH_BYTES;
+	     i++) {
+		CacheMessage *m = st->msgs->pdata[i];
+		g_autofree char *path = NULL;
+
+		if (m->size > CACHE_RANGE_THRESHOLD)
+			continue;
+		path = cache_body_path(c, m);
+		if (g_file_test(path, G_FILE_TEST_EXISTS) ||
+		    !claim_locked(c, m))
+			continue;
+		if (!f)
+			f = fetch_new(c, m);
+		g_hash_table_insert(f->ids_by_uid, GUINT_TO_POINTER(m->uid),
+				    GSIZE_TO_POINTER(m->id));
+		g_array_append_val(uids, m->uid);
+		bytes += m->size;
+	}
+	st->prefetched_upto = i;
+	c->counters.prefetches += uids->len;
+	g_mutex_unlock(&c->lock);
+	if (!f)
+		return;
+
+	g_autoptr(GString) set = uid_list(uids);
+	g_autoptr(ImapCommand) cmd =
+		body_command(f, raw, set->str, "UID BODY.PEEK[]");
+	FetchWait *w = g_new0(FetchWait, 1);
+
+	w->fetch = f;
+	w->async = TRUE;
+	imap_client_submit(c->client, cmd, fetch_done_cb, w);
+}
+
+/* ---- ranges of big bodies ---- */
+
+typedef struct {
+	gint ref;
+	GMutex lock; /* one range fetch at a time per message */
+	int fd;
+	char *tmp_path;
+	guint nchunks;
+	guint8 *have;
+	guint have_count;
+} Partial;
+
+static Partial *partial_get(Cache *c, CacheMessage *m, GError **error)
+{
+	Partial *p;
+
+	g_mutex_lock(&c->lock);
+	p = g_hash_table_lookup(c->partials, &m->id);
+	if (p) {
+		p->ref++;
+		g_mutex_unlock(&c->lock);
+		return p;
+	}
+	p = g_new0(Partial, 1);
+	p->ref = 1;
+	g_mutex_init(&p->lock);
+	p->tmp_path = g_build_filename(c->tmp_dir, "partXXXXXX", NULL);
+	p->fd = g_mkstemp_full(p->tmp_path, O_RDWR | O_CLOEXEC, 0600);
+	if (p->fd < 0) {
+		int e = errno;
+
+		g_mutex_unlock(&c->lock);
+		g_set_error(error, CACHE_ERROR, CACHE_ERROR_IO,
+			    "cannot create a file in %s: %s", c->tmp_dir,
+			    g_strerror(e));
+		g_free(p->tmp_path);
+		g_free(p);
+		return NULL;
+	}
+	p->nchunks =
+		(guint)((m->size + CACHE_RANGE_CHUNK - 1) / CACHE_RANGE_CHUNK);
+	p->have = g_malloc0(MAX(p->nchunks, 1));
+	{
+		guint64 *k = g_new(guint64, 1);
+
+		*k = m->id;
+		g_hash_table_insert(c->partials, k, p);
+	}
+	g_mutex_unlock(&c->lock);
+	return p;
+}
+
+static void partial_release(Cache *c, CacheMessage *m, Partial *p)
+{
+	g_mutex_lock(&c->lock);
+	if (--p->ref > 0) {
+		g_mutex_unlock(&c->lock);
+		return;
+	}
+	g_hash_table_remove(c->partials, &m->id);
+	g_mutex_unlock(&c->lock);
+	close(p->fd);
+	if (p->tmp_path)
+		g_unlink(p->tmp_path);
+	g_free(p->tmp_path);
+	g_free(p->have);
+	g_mutex_clear(&p->lock);
+	g_free(p);
+}
+
+/* Fetch chunks [first, last] of a big body with one pipelined batch. */
+static gboolean partial_fill(Cache *c, CacheMessage *m, Partial *p, guint first,
+			     guint last, GError **error)
+{
+	g_autofree char *raw = folder_raw(c, m->folder_id);
+	gboolean ok = TRUE;
+
+	if (!raw) {
+		g_set_error(error, CACHE_ERROR, CACHE_ERROR_NOT_FOUND,
+			    "the folder is gone");
+		return FALSE;
+	}
+	for (guint k = first; k <= last && ok; k++) {
+		Fetch *f;
+		g_autoptr(ImapCommand) cmd = NULL;
+		char set[16];
+		char items[64];
+
+		if (p->have[k])
+			continue;
+		f = fetch_new(c, m);
+		f->range_fd = p->fd;
+		f->range_offset = (guint64)k * CACHE_RANGE_CHUNK;
+		g_hash_table_insert(f->ids_by_uid, GUINT_TO_POINTER(m->uid),
+				    GSIZE_TO_POINTER(m->id));
+		g_snprintf(set, sizeof(set), "%u", m->uid);
+		g_snprintf(items, sizeof(items),
+			   "UID BODY.PEEK[]<%" G_GUINT64_FORMAT ".%u>",
+			   f->range_offset, CACHE_RANGE_CHUNK);
+		cmd = body_command(f, raw, set, items);
+		ok = run_fetch_wait(c, cmd, f, error);
+		if (ok && !f->range_done) {
+			g_set_error(error, CACHE_ERROR, CACHE_ERROR_NOT_FOUND,
+				    "message %u was expunged on the server",
+				    m->uid);
+			ok = FALSE;
+		}
+		if (ok) {
+			guint64 want = MIN((guint64)CACHE_RANGE_CHUNK,
+					   m->size - f->range_offset);
+
+			if (f->range_got != want) {
+				g_set_error(error, CACHE_ERROR,
+					    CACHE_ERROR_CORRUPT,
+					    "message %u: the server sent "
+					    "%" G_GUINT64_FORMAT
+					    " bytes of a %" G_GUINT64_FORMAT
+					    "-byte range",
+					    m->uid, f->range_got, want);
+				ok = FALSE;
+			} else {
+				p->have[k] = 1;
+				p->have_count++;
+				g_mutex_lock(&c->lock);
+				c->counters.range_fetches++;
+				c->counters.body_bytes_fetched += f->range_got;
+				g_mutex_unlock(&c->lock);
+			}
+		}
+		fetch_free(f);
+	}
+	if (ok && p->have_count == p->nchunks && p->tmp_path) {
+		/* Every range is there: it is a complete body now. */
+		g_autofree char *path = cache_body_path(c, m);
+		g_autofree char *dir = g_path_get_dirname(path);
+
+		if (fsync(p->fd) == 0 && g_mkdir_with_parents(dir, 0700) == 0 &&
+		    rename(p->tmp_path, path) == 0)
+			g_clear_pointer(&p->tmp_path, g_free);
+	}
+	return ok;
+}
+
+/* ---- open bodies ---- */
+
+struct _CacheBody {
+	Cache *c;
+	CacheMessage *m;
+	int fd; /* complete body file, or -1 */
+	Partial *partial;
+	guint last_chunk;
+};
+
+CacheBody *cache_body_open(Cache *c, guint64 message_id, GError **error)
+{
+	CacheMessage *m = cache_message_get(c, message_id);
+	CacheBody *b;
+
+	if (!m) {
+		g_set_error(error, CACHE_ERROR, CACHE_ERROR_NOT_FOUND,
+			    "no such message");
+		return NULL;
+	}
+	b = g_new0(CacheBody, 1);
+	b->c = c;
+	b->m = m;
+	b->fd = -1;
+	b->last_chunk = G_MAXUINT;
+	cache_note_open(c, m);
+	return b;
+}
+
+void cache_body_close(CacheBody *b)
+{
+	if (!b)
+		return;
+	if (b->fd >= 0)
+		close(b->fd);
+	if (b->partial)
+		partial_release(b->c, b->m, b->partial);
+	if (b->c->cfg.keep == CACHE_KEEP_NONE) {
+		g_autofree char *path = cache_body_path(b->c, b->m);
+
+		g_unlink(path);
+	}
+	cache_message_unref(b->m);
+	g_free(b);
+}
+
+guint64 cache_body_size(CacheBody *b)
+{
+	CacheMessage *m = cache_message_get(b->c, b->m->id);
+	guint64 size = m ? m->size : b->m->size;
+
+	cache_message_unref(m);
+	return size;
+}
+
+static gssize pread_all(int fd, char *buf, gsize size, goffset off,
+			GError **error)
+{
+	gsize done = 0;
+
+	while (done < size) {
+		ssize_t n = pread(fd, buf + done, size - done,
+				  (off_t)off + (off_t)done);
+
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0) {
+			int e = errno;
+
+			g_set_error(error, CACHE_ERROR, CACHE_ERROR_IO,
+				    "reading the cached body: %s",
+				    g_strerror(e));
+			return -1;
+		}
+		if (n == 0)
+			break;
+		done += (gsize)n;
+	}
+	return (gssize)done;
+}
+
+static gboolean body_open_file(CacheBody *b)
+{
+	g_autofree char *path = NULL;
+
+	if (b->fd >= 0)
+		return TRUE;
+	path = cache_body_path(b->c, b->m);
+	b->fd = open(path, O_RDONLY | O_CLOEXEC);
+	return b->fd >= 0;
+}
+
+gssize cache_body_read(CacheBody *b, char *buf, gsize size, goffset offset,
+		       GError **error)
+{
+	Cache *c = b->c;
+	CacheMessage *m = b->m;
+	guint first, last;
+
+	if (body_open_file(b)) {
+		g_mutex_lock(&c->lock);
+		c->counters.body_hits++;
+		g_mutex_unlock(&c->lock);
+		return pread_all(b->fd, buf, size, offset, error);
+	}
+	if (m->size <= CACHE_RANGE_THRESHOLD) {
+		if (!body_ensure(c, m, error))
+			return -1;
+		if (!body_open_file(b)) {
+			g_set_error(error, CACHE_ERROR, CACHE_ERROR_IO,
+				    "the body of message %u vanished from the "
+				    "cache",
+				    m->uid);
+			return -1;
+		}
+		return pread_all(b->fd, buf, size, offset, error);
+	}
+
+	/* A big body: fetch only the ranges this read needs, plus a few
+	 * ahead when the reader goes sequentially. */
+	if ((guint64)offset >= m->size || size == 0)
+		return 0;
+	size = (gsize)MIN((guint64)size, m->size - (guint64)offset);
+	if (!b->partial && !(b->partial = partial_get(c, m, error)))
+		return -1;
+	first = (guint)((guint64)offset / CACHE_RANGE_CHUNK);
+	last = (guint)(((guint64)offset + size - 1) / CACHE_RANGE_CHUNK);
+	if (b->last_chunk != G_MAXUINT && first <= b->last_chunk + 1)
+		last = MIN(last + 2, b->partial->nchunks - 1);
+	g_mutex_lock(&b->partial->lock);
+	gboolean ok = partial_fill(c, m, b->partial, first, last, error);
+
+	g_mutex_unlock(&b->partial->lock);
+	if (!ok)
+		return -1;
+	b->last_chunk = last;
+	return pread_all(b->partial->fd, buf, size, offset, error);
+}

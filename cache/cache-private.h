@@ -1,0 +1,72 @@
+/* SPDX-License-Identifier: MIT */
+/* Declarations shared by the files of cache/. */
+#pragma once
+
+#include <sqlite3.h>
+
+#include "cache.h"
+#include "names.h"
+
+G_BEGIN_DECLS
+
+/* Bodies bigger than this are read in ranges of RANGE_CHUNK bytes. */
+#define CACHE_RANGE_THRESHOLD (2 * 1024 * 1024)
+#define CACHE_RANGE_CHUNK (1024 * 1024)
+/* Sequential-scan prefetch: at most this many bodies or bytes ahead. */
+#define CACHE_PREFETCH_MESSAGES 64
+#define CACHE_PREFETCH_BYTES (32 * 1024 * 1024)
+
+typedef struct {
+	guint64 body_hits; /* reads served from a body file */
+	guint64 body_fetches; /* whole bodies fetched */
+	guint64 range_fetches; /* ranges of big bodies fetched */
+	guint64 prefetches; /* bodies fetched ahead of a sequential scan */
+	guint64 body_bytes_fetched;
+	guint64 folder_syncs;
+} CacheCounters;
+
+/* Per-folder state of this mount. */
+typedef struct {
+	GMutex sync_lock; /* one sync of this folder at a time */
+	gboolean fresh; /* in step with the server in this mount */
+	GPtrArray *msgs; /* CacheMessage *, sorted by name (cache->lock) */
+	GHashTable *by_name; /* name -> CacheMessage * (borrowed from msgs) */
+	GHashTable *index_of; /* message id -> index in msgs + 1 */
+	guint32 uidvalidity;
+	gint last_index; /* sequential access detection */
+	guint streak;
+	guint prefetched_upto;
+} FolderState;
+
+struct _Cache {
+	ImapClient *client;
+	CacheConfig cfg;
+	char *body_dir;
+	char *tmp_dir;
+	sqlite3 *db;
+	GMutex lock; /* everything below, and the database */
+	GCond fetch_cond; /* broadcast when a body fetch finishes */
+	GHashTable *folders; /* id -> CacheFolder * */
+	GHashTable *folder_ids; /* raw name -> id (implied folders too) */
+	GHashTable *states; /* id -> FolderState * */
+	GHashTable *messages; /* id -> CacheMessage * */
+	GHashTable *fetching; /* message id -> GINT_TO_POINTER(1) */
+	GHashTable *partials; /* message id -> Partial * */
+	gboolean folders_listed;
+	CacheCounters counters;
+	gint64 quota_checked;
+	guint64 quota_used, quota_limit;
+};
+
+/* index.c */
+gboolean cache_db_open(Cache *c, GError **error);
+void cache_db_close(Cache *c);
+gboolean cache_db_exec(Cache *c, const char *sql, GError **error);
+
+/* body.c */
+char *cache_body_path(Cache *c, const CacheMessage *m);
+void cache_body_remove_folder(Cache *c, guint64 folder_id);
+void cache_prefetch_after(Cache *c, guint64 folder_id, FolderState *st,
+			  guint index);
+
+G_END_DECLS

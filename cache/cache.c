@@ -1,0 +1,1123 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Folders and message metadata: the index on disk, the snapshot in memory,
+ * and bringing a folder in step with the server.
+ */
+#include "cache-private.h"
+
+#include <errno.h>
+#include <glib/gstdio.h>
+#include <string.h>
+#include <sys/stat.h>
+
+G_DEFINE_QUARK(imapfs - cache - error - quark, cache_error)
+
+#define SCHEMA_VERSION 1
+
+/* ---- objects ---- */
+
+static void folder_clear(CacheFolder *f)
+{
+	g_free(f->name);
+	g_free(f->raw);
+}
+
+CacheFolder *cache_folder_ref(CacheFolder *f)
+{
+	return g_atomic_rc_box_acquire(f);
+}
+
+void cache_folder_unref(CacheFolder *f)
+{
+	if (f)
+		g_atomic_rc_box_release_full(f, (GDestroyNotify)folder_clear);
+}
+
+static void message_clear(CacheMessage *m)
+{
+	g_free(m->name);
+	g_free(m->flags);
+}
+
+CacheMessage *cache_message_ref(CacheMessage *m)
+{
+	return g_atomic_rc_box_acquire(m);
+}
+
+void cache_message_unref(CacheMessage *m)
+{
+	if (m)
+		g_atomic_rc_box_release_full(m, (GDestroyNotify)message_clear);
+}
+
+static void state_free(FolderState *st)
+{
+	g_mutex_clear(&st->sync_lock);
+	g_clear_pointer(&st->msgs, g_ptr_array_unref);
+	g_clear_pointer(&st->by_name, g_hash_table_unref);
+	g_clear_pointer(&st->index_of, g_hash_table_unref);
+	g_free(st);
+}
+
+static FolderState *state_get_locked(Cache *c, guint64 id)
+{
+	FolderState *st = g_hash_table_lookup(c->states, &id);
+
+	if (!st) {
+		guint64 *key = g_new(guint64, 1);
+
+		*key = id;
+		st = g_new0(FolderState, 1);
+		g_mutex_init(&st->sync_lock);
+		st->last_index = -2;
+		g_hash_table_insert(c->states, key, st);
+	}
+	return st;
+}
+
+/* ---- database ---- */
+
+gboolean cache_db_exec(Cache *c, const char *sql, GError **error)
+{
+	char *msg = NULL;
+
+	if (sqlite3_exec(c->db, sql, NULL, NULL, &msg) != SQLITE_OK) {
+		g_set_error(error, CACHE_ERROR, CACHE_ERROR_IO,
+			    "cache index: %s", msg ? msg : "error");
+		sqlite3_free(msg);
+		return FALSE;
+	}
+	return TRUE;
+}
+
+static const char schema[] =
+	"CREATE TABLE IF NOT EXISTS folders ("
+	" id INTEGER PRIMARY KEY, raw BLOB UNIQUE NOT NULL,"
+	" parent_id INTEGER NOT NULL, name TEXT NOT NULL,"
+	" delimiter INTEGER NOT NULL, attrs INTEGER NOT NULL,"
+	" listed INTEGER NOT NULL, uidvalidity INTEGER NOT NULL DEFAULT 0,"
+	" uidnext INTEGER NOT NULL DEFAULT 0,"
+	" highestmodseq INTEGER NOT NULL DEFAULT 0,"
+	" messages INTEGER NOT NULL DEFAULT 0);"
+	"CREATE TABLE IF NOT EXISTS messages ("
+	" id INTEGER PRIMARY KEY, folder_id INTEGER NOT NULL,"
+	" uidvalidity INTEGER NOT NULL, uid INTEGER NOT NULL,"
+	" flags TEXT NOT NULL, size INTEGER NOT NULL,"
+	" internaldate INTEGER NOT NULL, tz INTEGER NOT NULL,"
+	" modseq INTEGER NOT NULL, subject BLOB, name TEXT NOT NULL,"
+	" UNIQUE (folder_id, uidvalidity, uid));";
+
+static gboolean db_open_once(Cache *c, const char *path, GError **error)
+{
+	sqlite3_stmt *st = NULL;
+	int version = -1;
+
+	if (sqlite3_open_v2(path, &c->db,
+			    SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE |
+				    SQLITE_OPEN_NOMUTEX,
+			    NULL) != SQLITE_OK)
+		goto corrupt;
+	sqlite3_busy_timeout(c->db, 5000);
+	if (sqlite3_prepare_v2(c->db, "PRAGMA user_version", -1, &st, NULL) !=
+		    SQLITE_OK ||
+	    sqlite3_step(st) != SQLITE_ROW)
+		goto corrupt;
+	version = sqlite3_column_int(st, 0);
+	sqlite3_finalize(st);
+	st = NULL;
+	if (version != 0 && version != SCHEMA_VERSION)
+		goto corrupt;
+	if (!cache_db_exec(c,
+			   "PRAGMA journal_mode=WAL;"
+			   "PRAGMA synchronous=NORMAL;",
+			   NULL) ||
+	    !cache_db_exec(c, schema, NULL) ||
+	    !cache_db_exec(c,
+			   "PRAGMA user_version=" G_STRINGIFY(SCHEMA_VERSION),
+			   NULL))
+		goto corrupt;
+	/* A quick look at the structure catches garbage files early. */
+	if (sqlite3_prepare_v2(c->db, "PRAGMA quick_check", -1, &st, NULL) !=
+		    SQLITE_OK ||
+	    sqlite3_step(st) != SQLITE_ROW ||
+	    g_strcmp0((const char *)sqlite3_column_text(st, 0), "ok") != 0)
+		goto corrupt;
+	sqlite3_finalize(st);
+	return TRUE;
+corrupt:
+	g_set_error(error, CACHE_ERROR, CACHE_ERROR_CORRUPT,
+		    "cache index %s: %s", path,
+		    c->db ? sqlite3_errmsg(c->db) : "cannot open");
+	if (st)
+		sqlite3_finalize(st);
+	sqlite3_close(c->db);
+	c->db = NULL;
+	return FALSE;
+}
+
+static void remove_tree(const char *path)
+{
+	g_autoptr(GDir) dir = g_dir_open(path, 0, NULL);
+	const char *name;
+
+	while (dir && (name = g_dir_read_name(dir))) {
+		g_autofree char *p = g_build_filename(path, name, NULL);
+
+		if (g_file_test(p, G_FILE_TEST_IS_DIR) &&
+		    !g_file_test(p, G_FILE_TEST_IS_SYMLINK))
+			remove_tree(p);
+		else
+			g_unlink(p);
+	}
+	g_rmdir(path);
+}
+
+/* An index that is corrupt or from another version is rebuilt from the
+ * server: it only ever holds copies. */
+gboolean cache_db_open(Cache *c, GError **error)
+{
+	g_autofree char *path =
+		g_build_filename(c->cfg.dir, "index.sqlite", NULL);
+	g_autoptr(GError) local = NULL;
+
+	if (db_open_once(c, path, &local))
+		return TRUE;
+	g_warning("%s; rebuilding the cache", local->message);
+	for (const char *suffix = ""; suffix; suffix = NULL) {
+		g_autofree char *wal = g_strconcat(path, "-wal", NULL);
+		g_autofree char *shm = g_strconcat(path, "-shm", NULL);
+
+		g_unlink(path);
+		g_unlink(wal);
+		g_unlink(shm);
+	}
+	remove_tree(c->body_dir);
+	g_mkdir_with_parents(c->body_dir, 0700);
+	return db_open_once(c, path, error);
+}
+
+void cache_db_close(Cache *c)
+{
+	if (c->db)
+		sqlite3_close(c->db);
+	c->db = NULL;
+}
+
+/* ---- open / free ---- */
+
+static gboolean make_dir(const char *path, GError **error)
+{
+	if (g_mkdir_with_parents(path, 0700) < 0 || chmod(path, 0700) < 0) {
+		int e = errno;
+
+		g_set_error(error, CACHE_ERROR, CACHE_ERROR_IO,
+			    "cache directory %s: %s", path, g_strerror(e));
+		return FALSE;
+	}
+	return TRUE;
+}
+
+static guint64 *id_key(guint64 id)
+{
+	guint64 *k = g_new(guint64, 1);
+
+	*k = id;
+	return k;
+}
+
+static void load_folders(Cache *c)
+{
+	sqlite3_stmt *st = NULL;
+
+	if (sqlite3_prepare_v2(c->db,
+			       "SELECT id, raw, parent_id, name, delimiter, "
+			       "attrs, listed FROM folders",
+			       -1, &st, NULL) != SQLITE_OK)
+		return;
+	while (sqlite3_step(st) == SQLITE_ROW) {
+		CacheFolder *f = g_atomic_rc_box_new0(CacheFolder);
+
+		f->id = (guint64)sqlite3_column_int64(st, 0);
+		f->raw = g_strndup(sqlite3_column_blob(st, 1),
+				   (gsize)sqlite3_column_bytes(st, 1));
+		f->parent_id = (guint64)sqlite3_column_int64(st, 2);
+		f->name = g_strdup((const char *)sqlite3_column_text(st, 3));
+		f->delimiter = (char)sqlite3_column_int(st, 4);
+		f->attrs = (guint32)sqlite3_column_int(st, 5);
+		f->selectable = sqlite3_column_int(st, 6) &&
+				!(f->attrs & IMAP_MBOX_NOSELECT);
+		if (!sqlite3_column_int(st, 6)) {
+			/* Implied by its children: no server name. */
+			g_hash_table_insert(c->folder_ids, g_strdup(f->raw),
+					    id_key(f->id));
+			g_clear_pointer(&f->raw, g_free);
+		} else {
+			g_hash_table_insert(c->folder_ids, g_strdup(f->raw),
+					    id_key(f->id));
+		}
+		g_hash_table_insert(c->folders, id_key(f->id), f);
+	}
+	sqlite3_finalize(st);
+}
+
+Cache *cache_open(ImapClient *client, const CacheConfig *cfg, GError **error)
+{
+	g_autoptr(Cache) c = g_new0(Cache, 1);
+
+	c->client = client;
+	c->cfg = *cfg;
+	c->cfg.dir = g_strdup(cfg->dir);
+	c->body_dir = g_build_filename(cfg->dir, "bodies", NULL);
+	c->tmp_dir = g_build_filename(cfg->dir, "tmp", NULL);
+	g_mutex_init(&c->lock);
+	g_cond_init(&c->fetch_cond);
+	c->folders = g_hash_table_new_full(g_int64_hash, g_int64_equal, g_free,
+					   (GDestroyNotify)cache_folder_unref);
+	c->folder_ids =
+		g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
+	c->states = g_hash_table_new_full(g_int64_hash, g_int64_equal, g_free,
+					  (GDestroyNotify)state_free);
+	c->messages =
+		g_hash_table_new_full(g_int64_hash, g_int64_equal, g_free,
+				      (GDestroyNotify)cache_message_unref);
+	c->fetching = g_hash_table_new_full(g_int64_hash, g_int64_equal, g_free,
+					    NULL);
+	c->partials = g_hash_table_new_full(g_int64_hash, g_int64_equal, g_free,
+					    NULL);
+	if (!make_dir(cfg->dir, error) || !make_dir(c->body_dir, error))
+		return NULL;
+	/* Leftovers of a crash are incomplete by definition. */
+	remove_tree(c->tmp_dir);
+	if (!make_dir(c->tmp_dir, error))
+		return NULL;
+	if (!cache_db_open(c, error))
+		return NULL;
+	if (cfg->keep != CACHE_KEEP_FULL) {
+		remove_tree(c->body_dir);
+		if (!make_dir(c->body_dir, error))
+			return NULL;
+	}
+	load_folders(c);
+	return g_steal_pointer(&c);
+}
+
+void cache_free(Cache *c)
+{
+	if (!c)
+		return;
+	cache_db_close(c);
+	if (c->cfg.keep == CACHE_KEEP_NONE)
+		remove_tree(c->body_dir);
+	remove_tree(c->tmp_dir);
+	g_hash_table_unref(c->folders);
+	g_hash_table_unref(c->folder_ids);
+	g_hash_table_unref(c->states);
+	g_hash_table_unref(c->messages);
+	g_hash_table_unref(c->fetching);
+	g_hash_table_unref(c->partials);
+	g_mutex_clear(&c->lock);
+	g_cond_clear(&c->fetch_cond);
+	g_free(c->body_dir);
+	g_free(c->tmp_dir);
+	g_free(c->cfg.dir);
+	g_free(c);
+}
+
+/* ---- folders ---- */
+
+static void split_raw(const char *raw, char delim, GPtrArray *out)
+{
+	const char *start = raw;
+
+	if (!delim) {
+		g_ptr_array_add(out, g_strdup(raw));
+		return;
+	}
+	for (const char *p = raw;; p++) {
+		if (*p == delim || !*p) {
+			g_ptr_array_add(out,
+					g_strndup(start, (gsize)(p - start)));
+			if (!*p)
+				break;
+			start = p + 1;
+		}
+	}
+}
+
+/* Insert or update one folder row; returns its id. */
+static guint64 upsert_folder(Cache *c, const char *raw, guint64 parent,
+			     const char *name, char delim, guint32 attrs,
+			     gboolean listed)
+{
+	sqlite3_stmt *st = NULL;
+	guint64 id = 0;
+
+	sqlite3_prepare_v2(
+		c->db,
+		"INSERT INTO folders (raw, parent_id, name, delimiter,"
+		" attrs, listed) VALUES (?1, ?2, ?3, ?4, ?5, ?6)"
+		" ON CONFLICT (raw) DO UPDATE SET parent_id = ?2,"
+		" name = ?3, delimiter = ?4, attrs = ?5, listed = ?6"
+		" RETURNING id",
+		-1, &st, NULL);
+	sqlite3_bind_blob(st, 1, raw, (int)strlen(raw), SQLITE_TRANSIENT);
+	sqlite3_bind_int64(st, 2, (sqlite3_int64)parent);
+	sqlite3_bind_text(st, 3, name, -1, SQLITE_TRANSIENT);
+	sqlite3_bind_int(st, 4, delim);
+	sqlite3_bind_int(st, 5, (int)attrs);
+	sqlite3_bind_int(st, 6, listed);
+	if (sqlite3_step(st) == SQLITE_ROW)
+		id = (guint64)sqlite3_column_int64(st, 0);
+	sqlite3_finalize(st);
+	return id;
+}
+
+static void delete_folder_locked(Cache *c, guint64 id)
+{
+	sqlite3_stmt *st = NULL;
+	CacheFolder *f = g_hash_table_lookup(c->folders, &id);
+	FolderState *fs = g_hash_table_lookup(c->states, &id);
+
+	if (fs && fs->msgs) {
+		for (guint i = 0; i < fs->msgs->len; i++) {
+			CacheMessage *m = fs->msgs->pdata[i];
+
+			g_hash_table_remove(c->messages, &m->id);
+		}
+	}
+	sqlite3_prepare_v2(c->db, "DELETE FROM messages WHERE folder_id = ?1;",
+			   -1, &st, NULL);
+	sqlite3_bind_int64(st, 1, (sqlite3_int64)id);
+	sqlite3_step(st);
+	sqlite3_finalize(st);
+	sqlite3_prepare_v2(c->db, "DELETE FROM folders WHERE id = ?1;", -1, &st,
+			   NULL);
+	sqlite3_bind_int64(st, 1, (sqlite3_int64)id);
+	sqlite3_step(st);
+	sqlite3_finalize(st);
+	cache_body_remove_folder(c, id);
+	if (f) {
+		GHashTableIter it;
+		gpointer k, v;
+
+		g_hash_table_iter_init(&it, c->folder_ids);
+		while (g_hash_table_iter_next(&it, &k, &v)) {
+			if (*(guint64 *)v == id)
+				g_hash_table_iter_remove(&it);
+		}
+	}
+	g_hash_table_remove(c->states, &id);
+	g_hash_table_remove(c->folders, &id);
+}
+
+gboolean cache_refresh_folders(Cache *c, GError **error)
+{
+	g_autoptr(ImapCommand) cmd = imap_cmd_list(c->client, FALSE);
+	g_autoptr(ImapResult) r = imap_client_run(c->client, cmd, error);
+	g_autoptr(GHashTable) seen = g_hash_table_new_full(
+		g_int64_hash, g_int64_equal, g_free, NULL);
+
+	if (!r)
+		return FALSE;
+	g_mutex_lock(&c->lock);
+	cache_db_exec(c, "BEGIN", NULL);
+	for (guint i = 0; i < r->untagged->len; i++) {
+		g_autoptr(ImapListEntry) e =
+			imap_decode_list(r->untagged->pdata[i], NULL);
+		g_autoptr(GPtrArray) raws = NULL;
+		g_autoptr(GPtrArray) names = NULL;
+		g_autoptr(GString) prefix = g_string_new(NULL);
+		guint64 parent = 0;
+
+		if (!e || (e->attrs & IMAP_MBOX_NONEXISTENT))
+			continue;
+		raws = g_ptr_array_new_with_free_func(g_free);
+		split_raw(e->name, e->delimiter, raws);
+		names = cache_folder_components(e->name, e->delimiter);
+		if (names->len != raws->len)
+			continue;
+		for (guint j = 0; j < raws->len; j++) {
+			gboolean last = j + 1 == raws->len;
+			guint64 *known;
+			guint64 id;
+
+			if (j)
+				g_string_append_c(prefix, e->delimiter);
+			g_string_append(prefix, raws->pdata[j]);
+			known = g_hash_table_lookup(c->folder_ids, prefix->str);
+			if (!last && known &&
+			    g_hash_table_contains(seen, known)) {
+				parent = *known;
+				continue;
+			}
+			id = upsert_folder(c, prefix->str, parent,
+					   names->pdata[j], e->delimiter,
+					   last ? e->attrs : IMAP_MBOX_NOSELECT,
+					   last);
+			if (!id)
+				break;
+			CacheFolder *f = g_atomic_rc_box_new0(CacheFolder);
+
+			f->id = id;
+			f->parent_id = parent;
+			f->name = g_strdup(names->pdata[j]);
+			f->raw = last ? g_strdup(prefix->str) : NULL;
+			f->delimiter = e->delimiter;
+			f->attrs = last ? e->attrs : IMAP_MBOX_NOSELECT;
+			f->selectable =
+				last && !(e->attrs & IMAP_MBOX_NOSELECT);
+			/* A folder listed later keeps its place when an
+			 * earlier child implied it. */
+			if (!last && g_hash_table_contains(seen, &id)) {
+				cache_folder_unref(f);
+			} else {
+				g_hash_table_insert(c->folders, id_key(id), f);
+				g_hash_table_insert(c->folder_ids,
+						    g_strdup(prefix->str),
+						    id_key(id));
+			}
+			g_hash_table_add(seen, id_key(id));
+			parent = id;
+		}
+	}
+	/* Folders deleted or renamed on the server leave the tree and the
+	 * cache. */
+	GHashTableIter it;
+	gpointer k;
+	g_autoptr(GArray) gone = g_array_new(FALSE, FALSE, sizeof(guint64));
+
+	g_hash_table_iter_init(&it, c->folders);
+	while (g_hash_table_iter_next(&it, &k, NULL)) {
+		if (!g_hash_table_contains(seen, k))
+			g_array_append_val(gone, *(guint64 *)k);
+	}
+	for (guint i = 0; i < gone->len; i++)
+		delete_folder_locked(c, g_array_index(gone, guint64, i));
+	cache_db_exec(c, "COMMIT", NULL);
+	c->folders_listed = TRUE;
+	g_mutex_unlock(&c->lock);
+	return TRUE;
+}
+
+CacheFolder *cache_folder_get(Cache *c, guint64 id)
+{
+	CacheFolder *f;
+
+	g_mutex_lock(&c->lock);
+	f = g_hash_table_lookup(c->folders, &id);
+	if (f)
+		cache_folder_ref(f);
+	g_mutex_unlock(&c->lock);
+	return f;
+}
+
+static gint compare_folder_names(gconstpointer a, gconstpointer b)
+{
+	const CacheFolder *fa = *(CacheFolder *const *)a;
+	const CacheFolder *fb = *(CacheFolder *const *)b;
+
+	return strcmp(fa->name, fb->name);
+}
+
+GPtrArray *cache_folder_children(Cache *c, guint64 parent_id)
+{
+	GPtrArray *out = g_ptr_array_new_with_free_func(
+		(GDestroyNotify)cache_folder_unref);
+	GHashTableIter it;
+	gpointer v;
+
+	g_mutex_lock(&c->lock);
+	g_hash_table_iter_init(&it, c->folders);
+	while (g_hash_table_iter_next(&it, NULL, &v)) {
+		CacheFolder *f = v;
+
+		if (f->parent_id == parent_id)
+			g_ptr_array_add(out, cache_folder_ref(f));
+	}
+	g_mutex_unlock(&c->lock);
+	g_ptr_array_sort(out, compare_folder_names);
+	return out;
+}
+
+CacheFolder *cache_folder_lookup(Cache *c, guint64 parent_id, const char *name)
+{
+	GHashTableIter it;
+	gpointer v;
+	CacheFolder *found = NULL;
+
+	g_mutex_lock(&c->lock);
+	g_hash_table_iter_init(&it, c->folders);
+	while (g_hash_table_iter_next(&it, NULL, &v)) {
+		CacheFolder *f = v;
+
+		if (f->parent_id == parent_id && strcmp(f->name, name) == 0) {
+			found = cache_folder_ref(f);
+			break;
+		}
+	}
+	g_mutex_unlock(&c->lock);
+	return found;
+}
+
+/* ---- messages ---- */
+
+/* What a metadata FETCH brought for one message. */
+typedef struct {
+	guint32 uid;
+	guint32 has;
+	char *flags;
+	guint64 size;
+	gint64 date;
+	gint tz;
+	guint64 modseq;
+	GBytes *subject; /* NULL when not fetched */
+} Meta;
+
+static void meta_free(Meta *m)
+{
+	g_free(m->flags);
+	if (m->subject)
+		g_bytes_unref(m->subject);
+	g_free(m);
+}
+
+typedef struct {
+	GHashTable *by_uid; /* uid -> Meta * (the last one wins) */
+	guint32 min_uid; /* "n:*" also returns the highest UID below n */
+} MetaSink;
+
+static gboolean meta_untagged_cb(const ImapResponse *resp, gpointer user_data)
+{
+	MetaSink *s = user_data;
+	g_autoptr(ImapFetchData) fd = NULL;
+	Meta *m;
+
+	if (g_strcmp0(resp->keyword, "FETCH") != 0)
+		return FALSE;
+	fd = imap_decode_fetch(resp, NULL);
+	if (!fd || !(fd->has & IMAP_FETCH_HAS_UID) || fd->uid < s->min_uid)
+		return TRUE;
+	m = g_hash_table_lookup(s->by_uid, GUINT_TO_POINTER(fd->uid));
+	if (!m) {
+		m = g_new0(Meta, 1);
+		m->uid = fd->uid;
+		g_hash_table_insert(s->by_uid, GUINT_TO_POINTER(fd->uid), m);
+	}
+	if (fd->has & IMAP_FETCH_HAS_FLAGS) {
+		g_autoptr(GStrvBuilder) b = g_strv_builder_new();
+		g_auto(GStrv) flags = NULL;
+
+		/* \Recent belongs to a session, not to the message. */
+		for (guint i = 0; fd->flags && fd->flags[i]; i++) {
+			if (g_ascii_strcasecmp(fd->flags[i], "\\Recent") != 0)
+				g_strv_builder_add(b, fd->flags[i]);
+		}
+		flags = g_strv_builder_end(b);
+		g_free(m->flags);
+		m->flags = g_strjoinv(" ", flags);
+	}
+	if (fd->has & IMAP_FETCH_HAS_SIZE)
+		m->size = fd->rfc822_size;
+	if (fd->has & IMAP_FETCH_HAS_INTERNALDATE) {
+		m->date = fd->internaldate;
+		m->tz = fd->internaldate_tz;
+	}
+	if (fd->has & IMAP_FETCH_HAS_MODSEQ)
+		m->modseq = fd->modseq;
+	m->has |= fd->has;
+	for (guint i = 0; fd->sections && i < fd->sections->len; i++) {
+		const ImapFetchSection *sec =
+			&g_array_index(fd->sections, ImapFetchSection, i);
+
+		if (!g_str_has_prefix(sec->section, "HEADER.FIELDS"))
+			continue;
+		if (m->subject)
+			g_bytes_unref(m->subject);
+		if (sec->value && sec->value->type == IMAP_VALUE_STRING)
+			m->subject =
+				g_bytes_new(sec->value->str, sec->value->len);
+		else
+			m->subject = g_bytes_new(NULL, 0);
+	}
+	return TRUE;
+}
+
+/* Run commands concurrently (they pipeline) and wait for all of them. */
+typedef struct {
+	GMutex lock;
+	GCond cond;
+	guint left;
+	GError *error;
+} Batch;
+
+static void batch_done_cb(ImapResult *result, const GError *error,
+			  gpointer user_data)
+{
+	Batch *b = user_data;
+	GError *e = NULL;
+
+	if (!error)
+		imap_result_check(result, &e);
+	g_mutex_lock(&b->lock);
+	if (!b->error && (error || e))
+		b->error = error ? g_error_copy(error) : g_steal_pointer(&e);
+	b->left--;
+	g_cond_signal(&b->cond);
+	g_mutex_unlock(&b->lock);
+	g_clear_error(&e);
+	imap_result_free(result);
+}
+
+static gboolean run_batch(Cache *c, ImapCommand **cmds, guint n, GError **error)
+{
+	Batch b = {.left = n};
+
+	g_mutex_init(&b.lock);
+	g_cond_init(&b.cond);
+	for (guint i = 0; i < n; i++)
+		imap_client_submit(c->client, cmds[i], batch_done_cb, &b);
+	g_mutex_lock(&b.lock);
+	while (b.left > 0)
+		g_cond_wait(&b.cond, &b.lock);
+	g_mutex_unlock(&b.lock);
+	g_mutex_clear(&b.lock);
+	g_cond_clear(&b.cond);
+	if (b.error) {
+		g_propagate_error(error, b.error);
+		return FALSE;
+	}
+	return TRUE;
+}
+
+static gint compare_message_names(gconstpointer a, gconstpointer b)
+{
+	const CacheMessage *ma = *(CacheMessage *const *)a;
+	const CacheMessage *mb = *(CacheMessage *const *)b;
+
+	return strcmp(ma->name, mb->name);
+}
+
+/* Load the folder's messages of this UIDVALIDITY from the index. */
+static GHashTable *load_messages_locked(Cache *c, guint64 folder_id,
+					guint32 uidvalidity)
+{
+	GHashTable *out = g_hash_table_new_full(
+		NULL, NULL, NULL, (GDestroyNotify)cache_message_unref);
+	sqlite3_stmt *st = NULL;
+
+	sqlite3_prepare_v2(c->db,
+			   "SELECT id, uid, flags, size, internaldate, tz,"
+			   " modseq, name FROM messages"
+			   " WHERE folder_id = ?1 AND uidvalidity = ?2",
+			   -1, &st, NULL);
+	sqlite3_bind_int64(st, 1, (sqlite3_int64)folder_id);
+	sqlite3_bind_int64(st, 2, uidvalidity);
+	while (sqlite3_step(st) == SQLITE_ROW) {
+		CacheMessage *m = g_atomic_rc_box_new0(CacheMessage);
+
+		m->id = (guint64)sqlite3_column_int64(st, 0);
+		m->folder_id = folder_id;
+		m->uidvalidity = uidvalidity;
+		m->uid = (guint32)sqlite3_column_int64(st, 1);
+		m->flags = g_strdup((const char *)sqlite3_column_text(st, 2));
+		m->size = (guint64)sqlite3_column_int64(st, 3);
+		m->internaldate = sqlite3_column_int64(st, 4);
+		m->tz = sqlite3_column_int(st, 5);
+		m->modseq = (guint64)sqlite3_column_int64(st, 6);
+		m->name = g_strdup((const char *)sqlite3_column_text(st, 7));
+		g_hash_table_insert(out, GUINT_TO_POINTER(m->uid), m);
+	}
+	sqlite3_finalize(st);
+	return out;
+}
+
+static void drop_generation_locked(Cache *c, guint64 folder_id,
+				   guint32 keep_uidvalidity)
+{
+	sqlite3_stmt *st = NULL;
+
+	sqlite3_prepare_v2(c->db,
+			   "DELETE FROM messages WHERE folder_id = ?1"
+			   " AND uidvalidity != ?2",
+			   -1, &st, NULL);
+	sqlite3_bind_int64(st, 1, (sqlite3_int64)folder_id);
+	sqlite3_bind_int64(st, 2, keep_uidvalidity);
+	sqlite3_step(st);
+	sqlite3_finalize(st);
+}
+
+static CacheMessage *insert_message_locked(Cache *c, guint64 folder_id,
+					   guint32 uidvalidity, const Meta *m)
+{
+	sqlite3_stmt *st = NULL;
+	gsize slen = 0;
+	const char *subj =
+		m->subject ? g_bytes_get_data(m->subject, &slen) : NULL;
+	CacheMessage *cm = g_atomic_rc_box_new0(CacheMessage);
+
+	cm->folder_id = folder_id;
+	cm->uidvalidity = uidvalidity;
+	cm->uid = m->uid;
+	cm->flags = g_strdup(m->flags ? m->flags : "");
+	cm->size = m->size;
+	cm->internaldate = m->date;
+	cm->tz = m->tz;
+	cm->modseq = m->modseq;
+	cm->name = cache_message_name(m->date, subj, slen, m->uid);
+	sqlite3_prepare_v2(c->db,
+			   "INSERT OR REPLACE INTO messages (folder_id,"
+			   " uidvalidity, uid, flags, size, internaldate, tz,"
+			   " modseq, subject, name) VALUES"
+			   " (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"
+			   " RETURNING id",
+			   -1, &st, NULL);
+	sqlite3_bind_int64(st, 1, (sqlite3_int64)folder_id);
+	sqlite3_bind_int64(st, 2, uidvalidity);
+	sqlite3_bind_int64(st, 3, cm->uid);
+	sqlite3_bind_text(st, 4, cm->flags, -1, SQLITE_STATIC);
+	sqlite3_bind_int64(st, 5, (sqlite3_int64)cm->size);
+	sqlite3_bind_int64(st, 6, cm->internaldate);
+	sqlite3_bind_int(st, 7, cm->tz);
+	sqlite3_bind_int64(st, 8, (sqlite3_int64)cm->modseq);
+	sqlite3_bind_blob(st, 9, subj ? subj : "", (int)slen, SQLITE_STATIC);
+	sqlite3_bind_text(st, 10, cm->name, -1, SQLITE_STATIC);
+	if (sqlite3_step(st) == SQLITE_ROW)
+		cm->id = (guint64)sqlite3_column_int64(st, 0);
+	sqlite3_finalize(st);
+	return cm;
+}
+
+static void update_flags_locked(Cache *c, CacheMessage *m)
+{
+	sqlite3_stmt *st = NULL;
+
+	sqlite3_prepare_v2(c->db,
+			   "UPDATE messages SET flags = ?1, modseq = ?2"
+			   " WHERE id = ?3",
+			   -1, &st, NULL);
+	sqlite3_bind_text(st, 1, m->flags, -1, SQLITE_STATIC);
+	sqlite3_bind_int64(st, 2, (sqlite3_int64)m->modseq);
+	sqlite3_bind_int64(st, 3, (sqlite3_int64)m->id);
+	sqlite3_step(st);
+	sqlite3_finalize(st);
+}
+
+static void delete_message_locked(Cache *c, CacheMessage *m)
+{
+	sqlite3_stmt *st = NULL;
+	g_autofree char *path = cache_body_path(c, m);
+
+	sqlite3_prepare_v2(c->db, "DELETE FROM messages WHERE id = ?1", -1, &st,
+			   NULL);
+	sqlite3_bind_int64(st, 1, (sqlite3_int64)m->id);
+	sqlite3_step(st);
+	sqlite3_finalize(st);
+	g_unlink(path);
+}
+
+#define META_ITEMS "UID FLAGS RFC822.SIZE INTERNALDATE"
+#define NAME_ITEMS " BODY.PEEK[HEADER.FIELDS (SUBJECT)]"
+
+/*
+ * Bring one folder in step: SELECT, then in one pipelined round trip the
+ * flags of every message and the metadata of the ones not in the index.
+ * A new UIDVALIDITY drops the old generation first.
+ */
+static gboolean folder_sync(Cache *c, CacheFolder *f, FolderState *st,
+			    GError **error)
+{
+	g_autoptr(ImapCommand) sel = NULL;
+	g_autoptr(ImapResult) r = NULL;
+	g_autoptr(GHashTable) known = NULL;
+	g_autoptr(GHashTable) flags_by_uid = NULL;
+	g_autoptr(GHashTable) new_by_uid = NULL;
+	MetaSink all = {0}, fresh = {0};
+	ImapCommand *cmds[2];
+	guint ncmds = 0;
+	guint32 uidvalidity, max_known = 0;
+	gboolean condstore = imap_client_has_cap(c->client, "CONDSTORE");
+
+	sel = imap_cmd_select(c->client, f->raw, FALSE, 0, 0, NULL);
+	r = imap_client_run(c->client, sel, error);
+	if (!r)
+		return FALSE;
+	uidvalidity = r->select.uidvalidity;
+	if (!uidvalidity) {
+		g_set_error(error, CACHE_ERROR, CACHE_ERROR_CORRUPT,
+			    "the server gave %s no UIDVALIDITY", f->raw);
+		return FALSE;
+	}
+
+	g_mutex_lock(&c->lock);
+	drop_generation_locked(c, f->id, uidvalidity);
+	known = load_messages_locked(c, f->id, uidvalidity);
+	g_mutex_unlock(&c->lock);
+	if (st->uidvalidity && st->uidvalidity != uidvalidity)
+		cache_body_remove_folder(c, f->id);
+
+	GHashTableIter it;
+	gpointer k, v;
+
+	g_hash_table_iter_init(&it, known);
+	while (g_hash_table_iter_next(&it, &k, NULL))
+		max_known = MAX(max_known, GPOINTER_TO_UINT(k));
+
+	flags_by_uid = g_hash_table_new_full(NULL, NULL, NULL,
+					     (GDestroyNotify)meta_free);
+	new_by_uid = g_hash_table_new_full(NULL, NULL, NULL,
+					   (GDestroyNotify)meta_free);
+	all.by_uid = flags_by_uid;
+	fresh.by_uid = new_by_uid;
+	fresh.min_uid = max_known + 1;
+	if (g_hash_table_size(known) > 0 && r->select.exists > 0) {
+		cmds[ncmds] = imap_cmd_uid_fetch(
+			f->raw, uidvalidity, "1:*",
+			condstore ? "UID FLAGS MODSEQ" : "UID FLAGS", 0);
+		imap_command_set_untagged(cmds[ncmds++], meta_untagged_cb,
+					  &all);
+	}
+	if (r->select.exists > 0) {
+		g_autofree char *set = g_strdup_printf("%u:*", max_known + 1);
+
+		cmds[ncmds] = imap_cmd_uid_fetch(
+			f->raw, uidvalidity, set,
+			condstore ? META_ITEMS " MODSEQ" NAME_ITEMS
+				  : META_ITEMS NAME_ITEMS,
+			0);
+		imap_command_set_untagged(cmds[ncmds++], meta_untagged_cb,
+					  &fresh);
+	}
+	gboolean ok = run_batch(c, cmds, ncmds, error);
+
+	for (guint i = 0; i < ncmds; i++)
+		imap_command_unref(cmds[i]);
+	if (!ok)
+		return FALSE;
+
+	/* Apply: new messages, changed flags, vanished messages. */
+	g_autoptr(GPtrArray) msgs = g_ptr_array_new_with_free_func(
+		(GDestroyNotify)cache_message_unref);
+
+	g_mutex_lock(&c->lock);
+	cache_db_exec(c, "BEGIN", NULL);
+	g_hash_table_iter_init(&it, known);
+	while (g_hash_table_iter_next(&it, &k, &v)) {
+		CacheMessage *m = v;
+		Meta *fm = g_hash_table_lookup(flags_by_uid, k);
+
+		if (!fm && r->select.exists > 0) {
+			delete_message_locked(c, m);
+			continue;
+		}
+		if (r->select.exists == 0) {
+			delete_message_locked(c, m);
+			continue;
+		}
+		if (fm->flags && g_strcmp0(fm->flags, m->flags) != 0) {
+			/* Objects are immutable: replace. */
+			CacheMessage *n = g_atomic_rc_box_dup(sizeof(*m), m);
+
+			n->name = g_strdup(m->name);
+			n->flags = g_strdup(fm->flags);
+			n->modseq = fm->modseq;
+			update_flags_locked(c, n);
+			g_ptr_array_add(msgs, n);
+		} else {
+			g_ptr_array_add(msgs, cache_message_ref(m));
+		}
+	}
+	g_hash_table_iter_init(&it, new_by_uid);
+	while (g_hash_table_iter_next(&it, &k, &v)) {
+		Meta *m = v;
+
+		if ((m->has &
+		     (IMAP_FETCH_HAS_SIZE | IMAP_FETCH_HAS_INTERNALDATE)) !=
+		    (IMAP_FETCH_HAS_SIZE | IMAP_FETCH_HAS_INTERNALDATE))
+			continue;
+		g_ptr_array_add(
+			msgs, insert_message_locked(c, f->id, uidvalidity, m));
+	}
+	sqlite3_stmt *up = NULL;
+
+	sqlite3_prepare_v2(c->db,
+			   "UPDATE folders SET uidvalidity = ?1, uidnext = ?2,"
+			   " highestmodseq = ?3, messages = ?4 WHERE id = ?5",
+			   -1, &up, NULL);
+	sqlite3_bind_int64(up, 1, uidvalidity);
+	sqlite3_bind_int64(up, 2, r->select.uidnext);
+	sqlite3_bind_int64(up, 3, (sqlite3_int64)r->select.highestmodseq);
+	sqlite3_bind_int64(up, 4, msgs->len);
+	sqlite3_bind_int64(up, 5, (sqlite3_int64)f->id);
+	sqlite3_step(up);
+	sqlite3_finalize(up);
+	cache_db_exec(c, "COMMIT", NULL);
+
+	g_ptr_array_sort(msgs, compare_message_names);
+	if (st->msgs) {
+		for (guint i = 0; i < st->msgs->len; i++) {
+			CacheMessage *m = st->msgs->pdata[i];
+
+			g_hash_table_remove(c->messages, &m->id);
+		}
+		g_ptr_array_unref(st->msgs);
+		g_hash_table_unref(st->by_name);
+		g_hash_table_unref(st->index_of);
+	}
+	st->msgs = g_ptr_array_ref(msgs);
+	st->by_name = g_hash_table_new(g_str_hash, g_str_equal);
+	st->index_of = g_hash_table_new_full(g_int64_hash, g_int64_equal,
+					     g_free, NULL);
+	for (guint i = 0; i < msgs->len; i++) {
+		CacheMessage *m = msgs->pdata[i];
+
+		g_hash_table_insert(st->by_name, m->name, m);
+		g_hash_table_insert(st->index_of, id_key(m->id),
+				    GUINT_TO_POINTER(i + 1));
+		g_hash_table_insert(c->messages, id_key(m->id),
+				    cache_message_ref(m));
+	}
+	st->uidvalidity = uidvalidity;
+	st->last_index = -2;
+	st->streak = 0;
+	st->prefetched_upto = 0;
+	c->counters.folder_syncs++;
+	g_mutex_unlock(&c->lock);
+	return TRUE;
+}
+
+static FolderState *folder_fresh(Cache *c, guint64 folder_id,
+				 CacheFolder **folder_out, GError **error)
+{
+	g_autoptr(CacheFolder) f = cache_folder_get(c, folder_id);
+	FolderState *st;
+
+	if (!f || !f->selectable) {
+		g_set_error(error, CACHE_ERROR, CACHE_ERROR_NOT_FOUND,
+			    "no such folder");
+		return NULL;
+	}
+	g_mutex_lock(&c->lock);
+	st = state_get_locked(c, folder_id);
+	g_mutex_unlock(&c->lock);
+	g_mutex_lock(&st->sync_lock);
+	if (!st->fresh) {
+		if (!folder_sync(c, f, st, error)) {
+			g_mutex_unlock(&st->sync_lock);
+			return NULL;
+		}
+		st->fresh = TRUE;
+	}
+	g_mutex_unlock(&st->sync_lock);
+	if (folder_out)
+		*folder_out = g_steal_pointer(&f);
+	return st;
+}
+
+GPtrArray *cache_folder_messages(Cache *c, guint64 folder_id, GError **error)
+{
+	FolderState *st = folder_fresh(c, folder_id, NULL, error);
+	GPtrArray *out;
+
+	if (!st)
+		return NULL;
+	g_mutex_lock(&c->lock);
+	out = g_ptr_array_ref(st->msgs);
+	g_mutex_unlock(&c->lock);
+	return out;
+}
+
+CacheMessage *cache_message_get(Cache *c, guint64 id)
+{
+	CacheMessage *m;
+
+	g_mutex_lock(&c->lock);
+	m = g_hash_table_lookup(c->messages, &id);
+	if (m)
+		cache_message_ref(m);
+	g_mutex_unlock(&c->lock);
+	return m;
+}
+
+CacheMessage *cache_message_lookup(Cache *c, guint64 folder_id,
+				   const char *name, GError **error)
+{
+	FolderState *st = folder_fresh(c, folder_id, NULL, error);
+	CacheMessage *m = NULL;
+
+	if (!st)
+		return NULL;
+	g_mutex_lock(&c->lock);
+	m = g_hash_table_lookup(st->by_name, name);
+	if (m)
+		cache_message_ref(m);
+	g_mutex_unlock(&c->lock);
+	if (!m)
+		g_set_error(error, CACHE_ERROR, CACHE_ERROR_NOT_FOUND,
+			    "no such message");
+	return m;
+}
+
+/* Sequential-scan detection, called when a body is opened. */
+void cache_note_open(Cache *c, const CacheMessage *m);
+void cache_note_open(Cache *c, const CacheMessage *m)
+{
+	FolderState *st;
+	guint index;
+	gboolean prefetch = FALSE;
+
+	g_mutex_lock(&c->lock);
+	st = g_hash_table_lookup(c->states, &m->folder_id);
+	index = st && st->index_of ? GPOINTER_TO_UINT(g_hash_table_lookup(
+					     st->index_of, &m->id))
+				   : 0;
+	if (index) {
+		index--;
+		if ((gint)index == st->last_index + 1)
+			st->streak++;
+		else if ((gint)index != st->last_index)
+			st->streak = 0;
+		st->last_index = (gint)index;
+		prefetch = st->streak >= 1 && index + 1 >= st->prefetched_upto;
+	}
+	g_mutex_unlock(&c->lock);
+	if (prefetch)
+		cache_prefetch_after(c, m->folder_id, st, index);
+}
+
+CacheStats cache_stats(Cache *c)
+{
+	CacheStats s = {0};
+
+	g_mutex_lock(&c->lock);
+	s.messages = g_hash_table_size(c->messages);
+	s.quota_used_kib = c->quota_used;
+	s.quota_limit_kib = c->quota_limit;
+	g_mutex_unlock(&c->lock);
+	return s;
+}
+
+void cache_append_counters(Cache *c, GString *out)
+{
+	ImapCounters ic = imap_client_counters(c->client);
+	CacheCounters cc;
+
+	g_mutex_lock(&c->lock);
+	cc = c->counters;
+	g_mutex_unlock(&c->lock);
+	g_string_append_printf(
+		out,
+		"imap.commands %" G_GUINT64_FORMAT "\n"
+		"imap.round_trips %" G_GUINT64_FORMAT "\n"
+		"imap.bytes_in %" G_GUINT64_FORMAT "\n"
+		"imap.bytes_out %" G_GUINT64_FORMAT "\n"
+		"imap.connects %" G_GUINT64_FORMAT "\n"
+		"cache.folder_syncs %" G_GUINT64_FORMAT "\n"
+		"cache.body_hits %" G_GUINT64_FORMAT "\n"
+		"cache.body_fetches %" G_GUINT64_FORMAT "\n"
+		"cache.range_fetches %" G_GUINT64_FORMAT "\n"
+		"cache.prefetches %" G_GUINT64_FORMAT "\n"
+		"cache.body_bytes_fetched %" G_GUINT64_FORMAT "\n",
+		ic.commands, ic.round_trips, ic.bytes_in, ic.bytes_out,
+		ic.connects, cc.folder_syncs, cc.body_hits, cc.body_fetches,
+		cc.range_fetches, cc.prefetches, cc.body_bytes_fetched);
+}

@@ -1,0 +1,135 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * cache/: the mail store the filesystem sees. Folders, messages, names,
+ * flags and bodies, answered from an on-disk index (SQLite) and body files,
+ * filled from imap/ on demand and kept in step with the server.
+ *
+ * Threading: every function may be called from any thread. Network waits
+ * never happen under a lock that a listing needs: one slow fetch does not
+ * block `ls`.
+ *
+ * Objects handed out (CacheFolder, CacheMessage) are reference counted and
+ * immutable; a change on the server replaces them.
+ */
+#pragma once
+
+#include <glib.h>
+
+#include "imap.h"
+#include "names.h"
+
+G_BEGIN_DECLS
+
+#define CACHE_ERROR (cache_error_quark())
+GQuark cache_error_quark(void);
+
+typedef enum {
+	CACHE_ERROR_NOT_FOUND, /* no such folder or message (any more) */
+	CACHE_ERROR_IO, /* local disk trouble */
+	CACHE_ERROR_CORRUPT, /* server data we cannot trust */
+	CACHE_ERROR_READONLY,
+} CacheErrorCode;
+
+typedef enum {
+	CACHE_KEEP_NONE, /* bodies only for the life of an open file */
+	CACHE_KEEP_HEADERS, /* index only; bodies not kept across mounts */
+	CACHE_KEEP_FULL, /* index and bodies (default) */
+} CacheKeep;
+
+typedef struct {
+	char *dir; /* created with mode 0700 */
+	CacheKeep keep;
+	guint64 size_limit; /* bytes of bodies; 0 = unlimited */
+} CacheConfig;
+
+typedef struct _Cache Cache;
+
+typedef struct {
+	guint64 id; /* stable across mounts while the cache lives */
+	guint64 parent_id; /* 0: top level */
+	char *name; /* display name of the last component (UTF-8, escaped) */
+	char *raw; /* raw server name; NULL if only implied by children */
+	char delimiter;
+	guint32 attrs; /* ImapMboxAttr */
+	gboolean selectable;
+} CacheFolder;
+
+typedef struct {
+	guint64 id; /* stable while (folder, UIDVALIDITY, UID) lives */
+	guint64 folder_id;
+	guint32 uidvalidity;
+	guint32 uid;
+	guint64 size; /* RFC822.SIZE, corrected once the body is known */
+	gint64 internaldate; /* epoch seconds */
+	gint tz; /* the zone INTERNALDATE came with, minutes */
+	guint64 modseq;
+	char *name; /* file name, see cache/names.h */
+	char *flags; /* "\Seen $Label1" */
+} CacheMessage;
+
+CacheFolder *cache_folder_ref(CacheFolder *f);
+void cache_folder_unref(CacheFolder *f);
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(CacheFolder, cache_folder_unref)
+CacheMessage *cache_message_ref(CacheMessage *m);
+void cache_message_unref(CacheMessage *m);
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(CacheMessage, cache_message_unref)
+
+/* Opens (creating or rebuilding when incompatible) the index in cfg->dir.
+ * Does not talk to the server. */
+Cache *cache_open(ImapClient *client, const CacheConfig *cfg, GError **error);
+void cache_free(Cache *cache);
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(Cache, cache_free)
+
+/* LIST the folders (once per mount, then on invalidation). */
+gboolean cache_refresh_folders(Cache *cache, GError **error);
+
+/* A folder by id (0 is not a folder), or NULL. */
+CacheFolder *cache_folder_get(Cache *cache, guint64 id);
+/* Child folders of @parent_id (0: the top level), sorted by name. */
+GPtrArray *cache_folder_children(Cache *cache, guint64 parent_id);
+CacheFolder *cache_folder_lookup(Cache *cache, guint64 parent_id,
+				 const char *name);
+
+/*
+ * The messages of a selectable folder, sorted by name (a snapshot; the
+ * caller unrefs the array). The first call in a mount brings the folder in
+ * step with the server: one SELECT and one pipelined UID FETCH of
+ * metadata and the Subject field, never bodies. Later calls send nothing.
+ */
+GPtrArray *cache_folder_messages(Cache *cache, guint64 folder_id,
+				 GError **error);
+CacheMessage *cache_message_get(Cache *cache, guint64 id);
+CacheMessage *cache_message_lookup(Cache *cache, guint64 folder_id,
+				   const char *name, GError **error);
+
+/*
+ * An open message body. cache_body_open() registers the access (for the
+ * sequential-scan prefetch) and fetches nothing yet; reads fetch what they
+ * need: small bodies whole, big ones in ranges, each at most once.
+ */
+typedef struct _CacheBody CacheBody;
+
+CacheBody *cache_body_open(Cache *cache, guint64 message_id, GError **error);
+void cache_body_close(CacheBody *body);
+/* Reads up to @size bytes at @offset into @buf; returns the count (short
+ * only at the end of the message) or -1 with @error. */
+gssize cache_body_read(CacheBody *body, char *buf, gsize size, goffset offset,
+		       GError **error);
+/* The message's current size (exact once the body is known). */
+guint64 cache_body_size(CacheBody *body);
+
+/* statfs: messages known, bytes of bodies on disk, quota (KiB, 0 if the
+ * server has none). */
+typedef struct {
+	guint64 messages;
+	guint64 cached_bytes;
+	guint64 quota_used_kib;
+	guint64 quota_limit_kib;
+} CacheStats;
+
+CacheStats cache_stats(Cache *cache);
+
+/* "name value\n" lines: imap.*, cache.* counters. */
+void cache_append_counters(Cache *cache, GString *out);
+
+G_END_DECLS
