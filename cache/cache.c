@@ -1120,4 +1120,16 @@ void cache_append_counters(Cache *c, GString *out)
 		ic.commands, ic.round_trips, ic.bytes_in, ic.bytes_out,
 		ic.connects, cc.folder_syncs, cc.body_hits, cc.body_fetches,
 		cc.range_fetches, cc.prefetches, cc.body_bytes_fetched);
+	for (guint i = 0; i < imap_client_n_connections(c->client); i++) {
+		ImapCounters k = imap_client_connection_counters(c->client, i);
+
+		g_string_append_printf(
+			out,
+			"imap.conn%u.commands %" G_GUINT64_FORMAT "\n"
+			"imap.conn%u.round_trips %" G_GUINT64_FORMAT "\n"
+			"imap.conn%u.bytes_in %" G_GUINT64_FORMAT "\n"
+			"imap.conn%u.bytes_out %" G_GUINT64_FORMAT "\n",
+			i + 1, k.commands, i + 1, k.round_trips, i + 1,
+			k.bytes_in, i + 1, k.bytes_out);
+	}
 }

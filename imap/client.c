@@ -141,6 +141,27 @@ ImapCounters imap_client_counters(ImapClient *client)
 	return c;
 }
 
+guint imap_client_n_connections(ImapClient *client)
+{
+	guint n;
+
+	g_mutex_lock(&client->lock);
+	n = client->conns->len;
+	g_mutex_unlock(&client->lock);
+	return n;
+}
+
+ImapCounters imap_client_connection_counters(ImapClient *client, guint index)
+{
+	ImapCounters c = { 0 };
+
+	g_mutex_lock(&client->lock);
+	if (index < client->conns->len)
+		c = imap_conn_counters_locked(client->conns->pdata[index]);
+	g_mutex_unlock(&client->lock);
+	return c;
+}
+
 /*
  * Pick a connection: one that will have the command's mailbox selected,
  * else an idle one, else a new one while under the limit, else the least

@@ -49,6 +49,7 @@ struct _ImapConn {
 	GQueue submitted; /* ImapFlight * */
 	gboolean shutdown;
 	guint load; /* submitted + pending + in flight */
+	ImapCounters counters; /* this connection's share */
 	char *route_mailbox;
 
 	/* I/O thread only. */
@@ -98,6 +99,10 @@ static void count(ImapConn *conn, guint64 commands, guint64 round_trips,
 	client->counters.round_trips += round_trips;
 	client->counters.bytes_in += in;
 	client->counters.bytes_out += out;
+	conn->counters.commands += commands;
+	conn->counters.round_trips += round_trips;
+	conn->counters.bytes_in += in;
+	conn->counters.bytes_out += out;
 	if (in)
 		client->last_progress = g_get_monotonic_time();
 	g_mutex_unlock(&client->lock);
@@ -901,6 +906,7 @@ static gboolean conn_setup(ImapConn *conn, GError **error)
 		g_hash_table_unref(conn->client->caps);
 	conn->client->caps = g_hash_table_ref(conn->caps);
 	conn->client->counters.connects++;
+	conn->counters.connects++;
 	g_mutex_unlock(&conn->client->lock);
 	conn_set_state(conn, CONN_READY);
 	return TRUE;
@@ -1583,6 +1589,11 @@ void imap_conn_enqueue_locked(ImapConn *conn, ImapFlight *flight)
 		conn->route_mailbox = g_strdup(flight->cmd->selects);
 	}
 	conn_wake(conn);
+}
+
+ImapCounters imap_conn_counters_locked(const ImapConn *conn)
+{
+	return conn->counters;
 }
 
 guint imap_conn_load_locked(const ImapConn *conn)

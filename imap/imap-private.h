@@ -126,6 +126,7 @@ struct _ImapClient {
 ImapConn *imap_conn_new(ImapClient *client, guint id);
 /* Queue a flight. Call with client->lock held. */
 void imap_conn_enqueue_locked(ImapConn *conn, ImapFlight *flight);
+ImapCounters imap_conn_counters_locked(const ImapConn *conn);
 /* Commands queued or in flight (client->lock held). */
 guint imap_conn_load_locked(const ImapConn *conn);
 /* The mailbox the connection will have selected once its queue has run

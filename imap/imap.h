@@ -429,8 +429,11 @@ gboolean imap_client_connect(ImapClient *client, GError **error);
 gboolean imap_client_has_cap(ImapClient *client, const char *cap);
 /* Sorted, NULL-terminated copy of the capability list. */
 GStrv imap_client_dup_caps(ImapClient *client);
-/* The hierarchy delimiter seen in LIST "" "" (0 if unknown yet). */
 ImapCounters imap_client_counters(ImapClient *client);
+/* The same per connection: @index from 0 to imap_client_n_connections()
+ * - 1, in the order they were opened. */
+guint imap_client_n_connections(ImapClient *client);
+ImapCounters imap_client_connection_counters(ImapClient *client, guint index);
 
 /* Queue @cmd; @done is called exactly once. Thread-safe. Takes a ref. */
 void imap_client_submit(ImapClient *client, ImapCommand *cmd, ImapDoneFunc done,
