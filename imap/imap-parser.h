@@ -134,7 +134,8 @@ void imap_parser_set_sink(ImapParser *parser, const ImapLiteralSink *sink,
  * feeds the rest again). Returns:
  *   IMAP_PARSE_NEED_MORE: all @len bytes consumed, response incomplete;
  *   IMAP_PARSE_RESPONSE: *resp_out holds a new response (caller owns);
- *   IMAP_PARSE_ERROR: @error set (IMAP_ERROR_PROTOCOL); the parser is
+ *   IMAP_PARSE_ERROR: @error set (IMAP_ERROR_PROTOCOL or IMAP_ERROR_LIMIT,
+ *     or the error of the sink's write()); the parser is
  *     unusable until imap_parser_reset() (the connection should be closed).
  */
 ImapParseResult imap_parser_feed(ImapParser *parser, const guint8 *data,

@@ -446,7 +446,9 @@ ImapResult *imap_client_run(ImapClient *client, ImapCommand *cmd,
 /* Map a NO/BAD completion to a GError (NULL-safe for OK: returns TRUE). */
 gboolean imap_result_check(const ImapResult *result, GError **error);
 
-/* ---- Command constructors (each returns a new command) ---- */
+/* ---- Command constructors (each returns a new command) ----
+ * Those taking an ImapClient choose by its capabilities as of the last
+ * login: build them after imap_client_connect(). */
 
 /* LIST "" "*" with RETURN (SPECIAL-USE) / (STATUS (...)) as offered. */
 ImapCommand *imap_cmd_list(ImapClient *client, gboolean with_status);

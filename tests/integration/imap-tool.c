@@ -397,6 +397,121 @@ static int op_pipeline(const char *folder, const char *n_str)
 	return 0;
 }
 
+static int op_search(const char *folder, const char *criteria, GError **error)
+{
+	g_autofree char *raw = raw_name(folder);
+	g_autoptr(ImapCommand) cmd =
+		imap_cmd_uid_search(raw, 0, client, criteria);
+	g_autoptr(ImapResult) r = imap_client_run(client, cmd, error);
+	g_autoptr(ImapUidSet) all = NULL;
+	g_autofree char *set = NULL;
+	g_autoptr(GString) out = g_string_new(NULL);
+	gboolean esearch = FALSE;
+
+	if (!r)
+		return -1;
+	for (guint i = 0; i < r->untagged->len; i++) {
+		const ImapResponse *u = r->untagged->pdata[i];
+
+		if (g_strcmp0(u->keyword, "ESEARCH") == 0) {
+			g_autoptr(ImapEsearchData) es =
+				imap_decode_esearch(u, error);
+
+			if (!es)
+				return -1;
+			esearch = TRUE;
+			if (es->all)
+				all = g_steal_pointer(&es->all);
+		} else if (g_strcmp0(u->keyword, "SEARCH") == 0) {
+			all = imap_decode_search(u, error);
+			if (!all)
+				return -1;
+		}
+	}
+	set = all ? imap_uid_set_to_string(all) : g_strdup("");
+	g_string_append_printf(
+		out, "\"esearch\":%s,\"uids\":", esearch ? "true" : "false");
+	json_string(out, set, -1);
+	emit("search", out);
+	return 0;
+}
+
+static int op_status(const char *folder, GError **error)
+{
+	g_autofree char *raw = raw_name(folder);
+	g_autoptr(ImapCommand) cmd = imap_cmd_status(
+		raw, "MESSAGES UIDNEXT UIDVALIDITY HIGHESTMODSEQ");
+	g_autoptr(ImapResult) r = imap_client_run(client, cmd, error);
+	g_autoptr(ImapStatusData) st = NULL;
+	g_autoptr(GString) out = g_string_new(NULL);
+
+	if (!r)
+		return -1;
+	if (r->untagged->len < 1 ||
+	    !(st = imap_decode_status(r->untagged->pdata[0], error)))
+		return -1;
+	g_string_append_printf(
+		out,
+		"\"messages\":%u,\"uidnext\":%u,"
+		"\"uidvalidity\":%u,\"highestmodseq\":%" G_GUINT64_FORMAT,
+		st->messages, st->uidnext, st->uidvalidity, st->highestmodseq);
+	emit("status", out);
+	return 0;
+}
+
+/* IDLE on a folder for @ms milliseconds, counting the events; then a NOOP
+ * (which has to end the IDLE with DONE first). */
+static gint idle_events;
+
+static void idle_event_cb(const ImapEvent *ev, gpointer user_data)
+{
+	if (ev->kind == IMAP_EVENT_EXISTS || ev->kind == IMAP_EVENT_FETCH ||
+	    ev->kind == IMAP_EVENT_EXPUNGED || ev->kind == IMAP_EVENT_VANISHED)
+		g_atomic_int_inc(&idle_events);
+}
+
+static void idle_done_cb(ImapResult *result, const GError *error,
+			 gpointer user_data)
+{
+	gboolean *ok = user_data;
+
+	*ok = !error && imap_result_check(result, NULL);
+	imap_result_free(result);
+}
+
+static int op_idle(const char *folder, const char *ms, GError **error)
+{
+	g_autofree char *raw = raw_name(folder);
+	g_autoptr(ImapCommand) sel =
+		imap_cmd_select(client, raw, FALSE, 0, 0, NULL);
+	g_autoptr(ImapResult) r = imap_client_run(client, sel, error);
+	g_autoptr(ImapCommand) idle = imap_cmd_idle(raw);
+	g_autoptr(ImapCommand) noop = imap_cmd_simple("NOOP");
+	g_autoptr(ImapResult) nr = NULL;
+	g_autoptr(GString) out = g_string_new(NULL);
+	gboolean idle_ok = FALSE;
+	gint64 start;
+
+	if (!r)
+		return -1;
+	imap_client_set_event_handler(client, idle_event_cb, NULL);
+	imap_client_submit(client, idle, idle_done_cb, &idle_ok);
+	emit("idling", NULL);
+	g_usleep((gulong)atol(ms) * 1000);
+	start = g_get_monotonic_time();
+	imap_command_set_mailbox(noop, raw, 0);
+	nr = imap_client_run(client, noop, error);
+	if (!nr)
+		return -1;
+	g_string_append_printf(
+		out,
+		"\"events\":%d,\"idle_ok\":%s,\"noop_ms\":%" G_GINT64_FORMAT,
+		g_atomic_int_get(&idle_events), idle_ok ? "true" : "false",
+		(g_get_monotonic_time() - start) / 1000);
+	emit("idle", out);
+	return 0;
+}
+
 static int run_op(char **a, int n)
 {
 	g_autoptr(GError) error = NULL;
@@ -483,6 +598,15 @@ static int run_op(char **a, int n)
 	} else if (g_str_equal(op, "pipeline")) {
 		NEED(2);
 		rc = op_pipeline(a[1], a[2]);
+	} else if (g_str_equal(op, "search")) {
+		NEED(2);
+		rc = op_search(a[1], a[2], &error);
+	} else if (g_str_equal(op, "status")) {
+		NEED(1);
+		rc = op_status(a[1], &error);
+	} else if (g_str_equal(op, "idle")) {
+		NEED(2);
+		rc = op_idle(a[1], a[2], &error);
 	} else if (g_str_equal(op, "counters")) {
 		rc = op_counters();
 	} else if (g_str_equal(op, "sleep")) {

@@ -347,6 +347,44 @@ def test_folders():
     m.logout()
 
 
+def test_search_status_idle():
+    m = imap()
+    meta = server_meta(m, "INBOX")
+    flagged = sorted(u for u, v in meta.items() if "\\Flagged" in v[1])
+    r = tool(["connect"], ["search", "INBOX", "FLAGGED"], ["status", "INBOX"])[1:]
+    check(r[0].get("esearch") is True, "UID SEARCH uses ESEARCH when offered")
+    got = set()
+    for part in filter(None, r[0]["uids"].split(",")):
+        lo, _, hi = part.partition(":")
+        got.update(range(int(lo), int(hi or lo) + 1))
+    check(sorted(got) == flagged and flagged,
+          f"UID SEARCH FLAGGED finds exactly {flagged}")
+    typ, data = m.status("INBOX", "(MESSAGES UIDNEXT UIDVALIDITY HIGHESTMODSEQ)")
+    want = dict(re.findall(rb"(\w+) (\d+)", data[0].split(b"(", 1)[1]))
+    st = r[1]
+    check(st["messages"] == int(want[b"MESSAGES"]) and
+          st["uidnext"] == int(want[b"UIDNEXT"]) and
+          st["uidvalidity"] == int(want[b"UIDVALIDITY"]) and
+          st["highestmodseq"] == int(want[b"HIGHESTMODSEQ"]),
+          f"STATUS matches imaplib: {st}")
+
+    # IDLE: another client's APPEND arrives as an event; a new command
+    # ends the IDLE (DONE) and runs.
+    proc = subprocess.Popen([TOOL, "idle", "Archive", "1500"],
+                            stdout=subprocess.PIPE, text=True)
+    first = json.loads(proc.stdout.readline())
+    check(first["op"] == "idling", "IDLE started")
+    other = imap()
+    other.append("Archive", None, None, b"Subject: during idle\r\n\r\nx\r\n")
+    other.logout()
+    out, _ = proc.communicate(timeout=30)
+    r = json.loads(out.splitlines()[-1])
+    check(r.get("events", 0) >= 1, f"the APPEND was seen during IDLE: {r}")
+    check(r.get("idle_ok") is True and r.get("noop_ms", 99999) < 2000,
+          "DONE ended the IDLE and the next command ran at once")
+    m.logout()
+
+
 def run_background(args):
     return subprocess.Popen(args, stdout=subprocess.PIPE, text=True)
 
@@ -407,6 +445,7 @@ def main():
         return 0
     for t in (test_logins, test_certificates, test_list, test_meta_and_bodies,
               test_pipeline, test_append_move_expunge, test_folders,
+              test_search_status_idle,
               test_disconnects):
         print(f"# {t.__name__}")
         try:
