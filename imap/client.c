@@ -153,7 +153,7 @@ guint imap_client_n_connections(ImapClient *client)
 
 ImapCounters imap_client_connection_counters(ImapClient *client, guint index)
 {
-	ImapCounters c = { 0 };
+	ImapCounters c = {0};
 
 	g_mutex_lock(&client->lock);
 	if (index < client->conns->len)
