@@ -15,6 +15,8 @@ G_BEGIN_DECLS
 /* Sequential-scan prefetch: at most this many bodies or bytes ahead. */
 #define CACHE_PREFETCH_MESSAGES 64
 #define CACHE_PREFETCH_BYTES (32 * 1024 * 1024)
+/* Offline: how long to serve the index before asking the server again. */
+#define CACHE_OFFLINE_RETRY_US (5 * G_USEC_PER_SEC)
 
 typedef struct {
 	guint64 body_hits; /* reads served from a body file */
@@ -33,6 +35,7 @@ typedef struct {
 	GHashTable *by_name; /* name -> CacheMessage * (borrowed from msgs) */
 	GHashTable *index_of; /* message id -> index in msgs + 1 */
 	guint32 uidvalidity;
+	gint64 retry_at; /* offline: next time to try the server */
 	gint last_index; /* sequential access detection */
 	guint streak;
 	guint prefetched_upto;
@@ -53,6 +56,8 @@ struct _Cache {
 	GHashTable *fetching; /* message id -> GINT_TO_POINTER(1) */
 	GHashTable *partials; /* message id -> Partial * */
 	gboolean folders_listed;
+	CacheChangeFunc change_func;
+	gpointer change_data;
 	CacheCounters counters;
 	gint64 quota_checked;
 	guint64 quota_used, quota_limit;

@@ -584,6 +584,7 @@ static void meta_free(Meta *m)
 typedef struct {
 	GHashTable *by_uid; /* uid -> Meta * (the last one wins) */
 	guint32 min_uid; /* "n:*" also returns the highest UID below n */
+	ImapUidSet *alive; /* if set: every UID seen */
 } MetaSink;
 
 static gboolean meta_untagged_cb(const ImapResponse *resp, gpointer user_data)
@@ -597,6 +598,8 @@ static gboolean meta_untagged_cb(const ImapResponse *resp, gpointer user_data)
 	fd = imap_decode_fetch(resp, NULL);
 	if (!fd || !(fd->has & IMAP_FETCH_HAS_UID) || fd->uid < s->min_uid)
 		return TRUE;
+	if (s->alive)
+		imap_uid_set_add(s->alive, fd->uid, fd->uid);
 	m = g_hash_table_lookup(s->by_uid, GUINT_TO_POINTER(fd->uid));
 	if (!m) {
 		m = g_new0(Meta, 1);
@@ -818,140 +821,55 @@ static void delete_message_locked(Cache *c, CacheMessage *m)
 #define META_ITEMS "UID FLAGS RFC822.SIZE INTERNALDATE"
 #define NAME_ITEMS " BODY.PEEK[HEADER.FIELDS (SUBJECT)]"
 
-/*
- * Bring one folder in step: SELECT, then in one pipelined round trip the
- * flags of every message and the metadata of the ones not in the index.
- * A new UIDVALIDITY drops the old generation first.
- */
-static gboolean folder_sync(Cache *c, CacheFolder *f, FolderState *st,
-			    GError **error)
+/* What the index remembers of a folder's last sync. */
+typedef struct {
+	guint32 uidvalidity;
+	guint32 uidnext;
+	guint64 highestmodseq;
+} FolderRow;
+
+static FolderRow folder_row_locked(Cache *c, guint64 id)
 {
-	g_autoptr(ImapCommand) sel = NULL;
-	g_autoptr(ImapResult) r = NULL;
-	g_autoptr(GHashTable) known = NULL;
-	g_autoptr(GHashTable) flags_by_uid = NULL;
-	g_autoptr(GHashTable) new_by_uid = NULL;
-	MetaSink all = {0}, fresh = {0};
-	ImapCommand *cmds[2];
-	guint ncmds = 0;
-	guint32 uidvalidity, max_known = 0;
-	gboolean condstore = imap_client_has_cap(c->client, "CONDSTORE");
-
-	sel = imap_cmd_select(c->client, f->raw, FALSE, 0, 0, NULL);
-	r = imap_client_run(c->client, sel, error);
-	if (!r)
-		return FALSE;
-	uidvalidity = r->select.uidvalidity;
-	if (!uidvalidity) {
-		g_set_error(error, CACHE_ERROR, CACHE_ERROR_CORRUPT,
-			    "the server gave %s no UIDVALIDITY", f->raw);
-		return FALSE;
-	}
-
-	g_mutex_lock(&c->lock);
-	drop_generation_locked(c, f->id, uidvalidity);
-	known = load_messages_locked(c, f->id, uidvalidity);
-	g_mutex_unlock(&c->lock);
-	if (st->uidvalidity && st->uidvalidity != uidvalidity)
-		cache_body_remove_folder(c, f->id);
-
-	GHashTableIter it;
-	gpointer k, v;
-
-	g_hash_table_iter_init(&it, known);
-	while (g_hash_table_iter_next(&it, &k, NULL))
-		max_known = MAX(max_known, GPOINTER_TO_UINT(k));
-
-	flags_by_uid = g_hash_table_new_full(NULL, NULL, NULL,
-					     (GDestroyNotify)meta_free);
-	new_by_uid = g_hash_table_new_full(NULL, NULL, NULL,
-					   (GDestroyNotify)meta_free);
-	all.by_uid = flags_by_uid;
-	fresh.by_uid = new_by_uid;
-	fresh.min_uid = max_known + 1;
-	if (g_hash_table_size(known) > 0 && r->select.exists > 0) {
-		cmds[ncmds] = imap_cmd_uid_fetch(
-			f->raw, uidvalidity, "1:*",
-			condstore ? "UID FLAGS MODSEQ" : "UID FLAGS", 0);
-		imap_command_set_untagged(cmds[ncmds++], meta_untagged_cb,
-					  &all);
-	}
-	if (r->select.exists > 0) {
-		g_autofree char *set = g_strdup_printf("%u:*", max_known + 1);
-
-		cmds[ncmds] = imap_cmd_uid_fetch(
-			f->raw, uidvalidity, set,
-			condstore ? META_ITEMS " MODSEQ" NAME_ITEMS
-				  : META_ITEMS NAME_ITEMS,
-			0);
-		imap_command_set_untagged(cmds[ncmds++], meta_untagged_cb,
-					  &fresh);
-	}
-	gboolean ok = run_batch(c, cmds, ncmds, error);
-
-	for (guint i = 0; i < ncmds; i++)
-		imap_command_unref(cmds[i]);
-	if (!ok)
-		return FALSE;
-
-	/* Apply: new messages, changed flags, vanished messages. */
-	g_autoptr(GPtrArray) msgs = g_ptr_array_new_with_free_func(
-		(GDestroyNotify)cache_message_unref);
-
-	g_mutex_lock(&c->lock);
-	cache_db_exec(c, "BEGIN", NULL);
-	g_hash_table_iter_init(&it, known);
-	while (g_hash_table_iter_next(&it, &k, &v)) {
-		CacheMessage *m = v;
-		Meta *fm = g_hash_table_lookup(flags_by_uid, k);
-
-		if (!fm && r->select.exists > 0) {
-			delete_message_locked(c, m);
-			continue;
-		}
-		if (r->select.exists == 0) {
-			delete_message_locked(c, m);
-			continue;
-		}
-		if (fm->flags && g_strcmp0(fm->flags, m->flags) != 0) {
-			/* Objects are immutable: replace. */
-			CacheMessage *n = g_atomic_rc_box_dup(sizeof(*m), m);
-
-			n->name = g_strdup(m->name);
-			n->flags = g_strdup(fm->flags);
-			n->modseq = fm->modseq;
-			update_flags_locked(c, n);
-			g_ptr_array_add(msgs, n);
-		} else {
-			g_ptr_array_add(msgs, cache_message_ref(m));
-		}
-	}
-	g_hash_table_iter_init(&it, new_by_uid);
-	while (g_hash_table_iter_next(&it, &k, &v)) {
-		Meta *m = v;
-
-		if ((m->has &
-		     (IMAP_FETCH_HAS_SIZE | IMAP_FETCH_HAS_INTERNALDATE)) !=
-		    (IMAP_FETCH_HAS_SIZE | IMAP_FETCH_HAS_INTERNALDATE))
-			continue;
-		g_ptr_array_add(
-			msgs, insert_message_locked(c, f->id, uidvalidity, m));
-	}
-	sqlite3_stmt *up = NULL;
+	FolderRow row = {0};
+	sqlite3_stmt *st = NULL;
 
 	sqlite3_prepare_v2(c->db,
-			   "UPDATE folders SET uidvalidity = ?1, uidnext = ?2,"
-			   " highestmodseq = ?3, messages = ?4 WHERE id = ?5",
-			   -1, &up, NULL);
-	sqlite3_bind_int64(up, 1, uidvalidity);
-	sqlite3_bind_int64(up, 2, r->select.uidnext);
-	sqlite3_bind_int64(up, 3, (sqlite3_int64)r->select.highestmodseq);
-	sqlite3_bind_int64(up, 4, msgs->len);
-	sqlite3_bind_int64(up, 5, (sqlite3_int64)f->id);
-	sqlite3_step(up);
-	sqlite3_finalize(up);
-	cache_db_exec(c, "COMMIT", NULL);
+			   "SELECT uidvalidity, uidnext, highestmodseq"
+			   " FROM folders WHERE id = ?1",
+			   -1, &st, NULL);
+	sqlite3_bind_int64(st, 1, (sqlite3_int64)id);
+	if (sqlite3_step(st) == SQLITE_ROW) {
+		row.uidvalidity = (guint32)sqlite3_column_int64(st, 0);
+		row.uidnext = (guint32)sqlite3_column_int64(st, 1);
+		row.highestmodseq = (guint64)sqlite3_column_int64(st, 2);
+	}
+	sqlite3_finalize(st);
+	return row;
+}
 
+/* What a sync learned, applied in one transaction by apply_sync(). */
+typedef struct {
+	guint32 uidvalidity;
+	guint32 uidnext;
+	guint64 highestmodseq;
+	gboolean empty; /* EXISTS 0: nothing is left */
+	GHashTable *updates; /* uid -> Meta: new flags of known messages */
+	ImapUidSet *alive; /* when set: known UIDs not in it are gone */
+	ImapUidSet *vanished; /* when set: these UIDs are gone */
+	GHashTable *fresh; /* uid -> Meta: messages new to the index */
+} SyncResult;
+
+static void sync_result_clear(SyncResult *sr)
+{
+	g_clear_pointer(&sr->updates, g_hash_table_unref);
+	g_clear_pointer(&sr->fresh, g_hash_table_unref);
+	g_clear_pointer(&sr->alive, imap_uid_set_free);
+	g_clear_pointer(&sr->vanished, imap_uid_set_free);
+}
+
+static void install_messages_locked(Cache *c, FolderState *st, GPtrArray *msgs,
+				    guint32 uidvalidity)
+{
 	g_ptr_array_sort(msgs, compare_message_names);
 	if (st->msgs) {
 		for (guint i = 0; i < st->msgs->len; i++) {
@@ -980,7 +898,302 @@ static gboolean folder_sync(Cache *c, CacheFolder *f, FolderState *st,
 	st->last_index = -2;
 	st->streak = 0;
 	st->prefetched_upto = 0;
+}
+
+/* Apply a sync to the index and the snapshot; tell the file system what
+ * disappeared (for the kernel's caches). */
+static void apply_sync(Cache *c, CacheFolder *f, FolderState *st,
+		       GHashTable *known, SyncResult *sr)
+{
+	g_autoptr(GPtrArray) msgs = g_ptr_array_new_with_free_func(
+		(GDestroyNotify)cache_message_unref);
+	g_autoptr(GPtrArray) removed = g_ptr_array_new_with_free_func(g_free);
+	GHashTableIter it;
+	gpointer k, v;
+	gboolean added = FALSE;
+	CacheChangeFunc notify;
+	gpointer notify_data;
+
+	g_mutex_lock(&c->lock);
+	cache_db_exec(c, "BEGIN", NULL);
+	g_hash_table_iter_init(&it, known);
+	while (g_hash_table_iter_next(&it, &k, &v)) {
+		CacheMessage *m = v;
+		guint32 uid = GPOINTER_TO_UINT(k);
+		Meta *u = g_hash_table_lookup(sr->updates, k);
+
+		if (sr->empty ||
+		    (sr->alive && !imap_uid_set_contains(sr->alive, uid)) ||
+		    (sr->vanished &&
+		     imap_uid_set_contains(sr->vanished, uid))) {
+			g_ptr_array_add(removed, g_strdup(m->name));
+			delete_message_locked(c, m);
+			continue;
+		}
+		if (u && u->flags && g_strcmp0(u->flags, m->flags) != 0) {
+			/* Objects are immutable: replace. */
+			CacheMessage *n = g_atomic_rc_box_dup(sizeof(*m), m);
+
+			n->name = g_strdup(m->name);
+			n->flags = g_strdup(u->flags);
+			n->modseq = u->modseq;
+			update_flags_locked(c, n);
+			g_ptr_array_add(msgs, n);
+		} else {
+			g_ptr_array_add(msgs, cache_message_ref(m));
+		}
+	}
+	g_hash_table_iter_init(&it, sr->fresh);
+	while (g_hash_table_iter_next(&it, &k, &v)) {
+		Meta *m = v;
+
+		if ((m->has &
+		     (IMAP_FETCH_HAS_SIZE | IMAP_FETCH_HAS_INTERNALDATE)) !=
+			    (IMAP_FETCH_HAS_SIZE |
+			     IMAP_FETCH_HAS_INTERNALDATE) ||
+		    g_hash_table_contains(known, k))
+			continue;
+		g_ptr_array_add(msgs, insert_message_locked(
+					      c, f->id, sr->uidvalidity, m));
+		added = TRUE;
+	}
+	sqlite3_stmt *up = NULL;
+
+	sqlite3_prepare_v2(c->db,
+			   "UPDATE folders SET uidvalidity = ?1, uidnext = ?2,"
+			   " highestmodseq = ?3, messages = ?4 WHERE id = ?5",
+			   -1, &up, NULL);
+	sqlite3_bind_int64(up, 1, sr->uidvalidity);
+	sqlite3_bind_int64(up, 2, sr->uidnext);
+	sqlite3_bind_int64(up, 3, (sqlite3_int64)sr->highestmodseq);
+	sqlite3_bind_int64(up, 4, msgs->len);
+	sqlite3_bind_int64(up, 5, (sqlite3_int64)f->id);
+	sqlite3_step(up);
+	sqlite3_finalize(up);
+	cache_db_exec(c, "COMMIT", NULL);
+	install_messages_locked(c, st, msgs, sr->uidvalidity);
 	c->counters.folder_syncs++;
+	notify = c->change_func;
+	notify_data = c->change_data;
+	g_mutex_unlock(&c->lock);
+	if (notify && (removed->len || added))
+		notify(f->id, removed, added, notify_data);
+}
+
+/* The SELECT brought QRESYNC data: VANISHED (EARLIER) and changed flags. */
+static void take_qresync(SyncResult *sr, const ImapResult *r)
+{
+	MetaSink sink = {.by_uid = sr->updates};
+
+	for (guint i = 0; i < r->untagged->len; i++) {
+		const ImapResponse *u = r->untagged->pdata[i];
+
+		if (g_strcmp0(u->keyword, "VANISHED") == 0) {
+			g_autoptr(ImapUidSet) set =
+				imap_decode_vanished(u, NULL, NULL);
+
+			for (guint j = 0; set && j < set->ranges->len; j++) {
+				ImapUidRange *rg = &g_array_index(
+					set->ranges, ImapUidRange, j);
+
+				imap_uid_set_add(sr->vanished, rg->lo, rg->hi);
+			}
+		} else if (g_strcmp0(u->keyword, "FETCH") == 0) {
+			meta_untagged_cb(u, &sink);
+		}
+	}
+}
+
+/* UIDs of the index as a compact set, for QRESYNC's known-uids. */
+static char *known_uid_set(GHashTable *known)
+{
+	g_autoptr(ImapUidSet) set = imap_uid_set_new();
+	GHashTableIter it;
+	gpointer k;
+
+	g_hash_table_iter_init(&it, known);
+	while (g_hash_table_iter_next(&it, &k, NULL))
+		imap_uid_set_add(set, GPOINTER_TO_UINT(k), GPOINTER_TO_UINT(k));
+	return imap_uid_set_to_string(set);
+}
+
+static gboolean search_untagged_cb(const ImapResponse *resp, gpointer user_data)
+{
+	ImapUidSet **alive = user_data;
+	g_autoptr(ImapUidSet) set = NULL;
+
+	if (g_strcmp0(resp->keyword, "ESEARCH") == 0) {
+		g_autoptr(ImapEsearchData) es = imap_decode_esearch(resp, NULL);
+
+		if (es && es->all)
+			set = g_steal_pointer(&es->all);
+		else if (es)
+			set = imap_uid_set_new();
+	} else if (g_strcmp0(resp->keyword, "SEARCH") == 0) {
+		set = imap_decode_search(resp, NULL);
+	}
+	if (!set)
+		return FALSE;
+	for (guint j = 0; j < set->ranges->len; j++) {
+		ImapUidRange *rg = &g_array_index(set->ranges, ImapUidRange, j);
+
+		imap_uid_set_add(*alive, rg->lo, rg->hi);
+	}
+	return TRUE;
+}
+
+/*
+ * Bring one folder in step with the server, cheaply when the index knows
+ * it already:
+ *  - QRESYNC: SELECT (QRESYNC (uidvalidity modseq known-uids)) reports
+ *    what vanished and what changed; one round trip when nothing is new;
+ *  - CONDSTORE: UID FETCH 1:* (FLAGS) (CHANGEDSINCE modseq) and a UID
+ *    SEARCH for what is still there, pipelined;
+ *  - otherwise: the flags of every message.
+ * New messages are fetched from UIDNEXT on: metadata and the Subject only,
+ * never bodies. A new UIDVALIDITY drops the old generation first.
+ */
+static gboolean folder_sync(Cache *c, CacheFolder *f, FolderState *st,
+			    GError **error)
+{
+	g_autoptr(ImapCommand) sel = NULL;
+	g_autoptr(ImapResult) r = NULL;
+	g_autoptr(GHashTable) known = NULL;
+	g_autofree char *known_set = NULL;
+	SyncResult sr = {0};
+	MetaSink all = {0}, fresh = {0};
+	ImapCommand *cmds[3];
+	guint ncmds = 0;
+	guint32 max_known = 0;
+	gboolean condstore = imap_client_has_cap(c->client, "CONDSTORE");
+	gboolean qresync = imap_client_has_cap(c->client, "QRESYNC");
+	gboolean ok;
+	FolderRow row;
+	GHashTableIter it;
+	gpointer k;
+
+	g_mutex_lock(&c->lock);
+	row = folder_row_locked(c, f->id);
+	known = load_messages_locked(c, f->id, row.uidvalidity);
+	g_mutex_unlock(&c->lock);
+	if (!row.highestmodseq || !g_hash_table_size(known))
+		qresync = FALSE;
+	if (qresync)
+		known_set = known_uid_set(known);
+
+	sel = imap_cmd_select(c->client, f->raw, FALSE,
+			      qresync ? row.uidvalidity : 0,
+			      qresync ? row.highestmodseq : 0, known_set);
+	r = imap_client_run(c->client, sel, error);
+	if (!r)
+		return FALSE;
+	sr.uidvalidity = r->select.uidvalidity;
+	sr.uidnext = r->select.uidnext;
+	sr.highestmodseq = r->select.highestmodseq;
+	sr.empty = (r->select.has & IMAP_STATUS_HAS_MESSAGES) &&
+		   r->select.exists == 0;
+	sr.updates = g_hash_table_new_full(NULL, NULL, NULL,
+					   (GDestroyNotify)meta_free);
+	sr.fresh = g_hash_table_new_full(NULL, NULL, NULL,
+					 (GDestroyNotify)meta_free);
+	if (!sr.uidvalidity) {
+		g_set_error(error, CACHE_ERROR, CACHE_ERROR_CORRUPT,
+			    "the server gave %s no UIDVALIDITY", f->raw);
+		sync_result_clear(&sr);
+		return FALSE;
+	}
+	if (sr.uidvalidity != row.uidvalidity) {
+		/* A new generation: nothing of the old one may be served
+		 * under these UIDs. */
+		g_mutex_lock(&c->lock);
+		drop_generation_locked(c, f->id, sr.uidvalidity);
+		g_mutex_unlock(&c->lock);
+		cache_body_remove_folder(c, f->id);
+		g_hash_table_remove_all(known);
+		row.highestmodseq = 0;
+		qresync = FALSE;
+	}
+
+	g_hash_table_iter_init(&it, known);
+	while (g_hash_table_iter_next(&it, &k, NULL))
+		max_known = MAX(max_known, GPOINTER_TO_UINT(k));
+
+	if (qresync) {
+		sr.vanished = imap_uid_set_new();
+		take_qresync(&sr, r);
+	} else if (g_hash_table_size(known) && !sr.empty) {
+		gboolean changedsince = condstore && row.highestmodseq;
+
+		all.by_uid = sr.updates;
+		cmds[ncmds] = imap_cmd_uid_fetch(
+			f->raw, sr.uidvalidity, "1:*",
+			condstore ? "UID FLAGS MODSEQ" : "UID FLAGS",
+			changedsince ? row.highestmodseq : 0);
+		imap_command_set_untagged(cmds[ncmds++], meta_untagged_cb,
+					  &all);
+		sr.alive = imap_uid_set_new();
+		if (changedsince) {
+			/* Only changes come back: ask what still exists. */
+			cmds[ncmds] = imap_cmd_uid_search(
+				f->raw, sr.uidvalidity, c->client, "UID 1:*");
+			imap_command_set_untagged(
+				cmds[ncmds++], search_untagged_cb, &sr.alive);
+		} else {
+			/* Every message answers: the answers are the set. */
+			all.alive = sr.alive;
+		}
+	}
+	if (!sr.empty && (!sr.uidnext || sr.uidnext > max_known + 1)) {
+		g_autofree char *set = g_strdup_printf("%u:*", max_known + 1);
+
+		fresh.by_uid = sr.fresh;
+		fresh.min_uid = max_known + 1;
+		cmds[ncmds] = imap_cmd_uid_fetch(
+			f->raw, sr.uidvalidity, set,
+			condstore ? META_ITEMS " MODSEQ" NAME_ITEMS
+				  : META_ITEMS NAME_ITEMS,
+			0);
+		imap_command_set_untagged(cmds[ncmds++], meta_untagged_cb,
+					  &fresh);
+	}
+	ok = run_batch(c, cmds, ncmds, error);
+	for (guint i = 0; i < ncmds; i++)
+		imap_command_unref(cmds[i]);
+	if (ok)
+		apply_sync(c, f, st, known, &sr);
+	sync_result_clear(&sr);
+	return ok;
+}
+
+static gboolean is_offline_error(const GError *e)
+{
+	return e->domain == IMAP_ERROR &&
+	       (e->code == IMAP_ERROR_CONNECT ||
+		e->code == IMAP_ERROR_DISCONNECTED ||
+		e->code == IMAP_ERROR_TIMEOUT || e->code == IMAP_ERROR_BYE);
+}
+
+/* The server is out of reach: serve the folder as the index has it. */
+static gboolean folder_load_offline(Cache *c, CacheFolder *f, FolderState *st)
+{
+	g_autoptr(GPtrArray) msgs = g_ptr_array_new_with_free_func(
+		(GDestroyNotify)cache_message_unref);
+	g_autoptr(GHashTable) known = NULL;
+	FolderRow row;
+	GHashTableIter it;
+	gpointer v;
+
+	g_mutex_lock(&c->lock);
+	row = folder_row_locked(c, f->id);
+	if (!row.uidvalidity) {
+		g_mutex_unlock(&c->lock);
+		return FALSE;
+	}
+	known = load_messages_locked(c, f->id, row.uidvalidity);
+	g_hash_table_iter_init(&it, known);
+	while (g_hash_table_iter_next(&it, NULL, &v))
+		g_ptr_array_add(msgs, cache_message_ref(v));
+	install_messages_locked(c, st, msgs, row.uidvalidity);
 	g_mutex_unlock(&c->lock);
 	return TRUE;
 }
@@ -1000,17 +1213,64 @@ static FolderState *folder_fresh(Cache *c, guint64 folder_id,
 	st = state_get_locked(c, folder_id);
 	g_mutex_unlock(&c->lock);
 	g_mutex_lock(&st->sync_lock);
-	if (!st->fresh) {
-		if (!folder_sync(c, f, st, error)) {
+	if (!st->fresh && g_get_monotonic_time() >= st->retry_at) {
+		g_autoptr(GError) local = NULL;
+
+		if (folder_sync(c, f, st, &local)) {
+			st->fresh = TRUE;
+		} else if (is_offline_error(local) &&
+			   (st->msgs || folder_load_offline(c, f, st))) {
+			/* Serve what we have; try the server again later. */
+			st->retry_at =
+				g_get_monotonic_time() + CACHE_OFFLINE_RETRY_US;
+		} else {
 			g_mutex_unlock(&st->sync_lock);
+			g_propagate_error(error, g_steal_pointer(&local));
 			return NULL;
 		}
-		st->fresh = TRUE;
 	}
 	g_mutex_unlock(&st->sync_lock);
 	if (folder_out)
 		*folder_out = g_steal_pointer(&f);
 	return st;
+}
+
+gboolean cache_folder_revalidate(Cache *c, guint64 folder_id, GError **error)
+{
+	g_autoptr(CacheFolder) f = cache_folder_get(c, folder_id);
+	FolderState *st;
+	gboolean ok = TRUE;
+
+	if (!f || !f->selectable)
+		return TRUE;
+	g_mutex_lock(&c->lock);
+	st = g_hash_table_lookup(c->states, &folder_id);
+	g_mutex_unlock(&c->lock);
+	if (!st)
+		return TRUE; /* never looked at: nothing to keep in step */
+	g_mutex_lock(&st->sync_lock);
+	if (st->msgs) {
+		ok = folder_sync(c, f, st, error);
+		st->fresh = ok;
+	}
+	g_mutex_unlock(&st->sync_lock);
+	return ok;
+}
+
+GArray *cache_watched_folders(Cache *c)
+{
+	GArray *out = g_array_new(FALSE, FALSE, sizeof(guint64));
+	GHashTableIter it;
+	gpointer k, v;
+
+	g_mutex_lock(&c->lock);
+	g_hash_table_iter_init(&it, c->states);
+	while (g_hash_table_iter_next(&it, &k, &v)) {
+		if (((FolderState *)v)->msgs)
+			g_array_append_val(out, *(guint64 *)k);
+	}
+	g_mutex_unlock(&c->lock);
+	return out;
 }
 
 GPtrArray *cache_folder_messages(Cache *c, guint64 folder_id, GError **error)
@@ -1132,4 +1392,12 @@ void cache_append_counters(Cache *c, GString *out)
 			i + 1, k.commands, i + 1, k.round_trips, i + 1,
 			k.bytes_in, i + 1, k.bytes_out);
 	}
+}
+
+void cache_set_change_func(Cache *c, CacheChangeFunc func, gpointer user_data)
+{
+	g_mutex_lock(&c->lock);
+	c->change_func = func;
+	c->change_data = user_data;
+	g_mutex_unlock(&c->lock);
 }

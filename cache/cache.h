@@ -98,6 +98,13 @@ CacheFolder *cache_folder_lookup(Cache *cache, guint64 parent_id,
  */
 GPtrArray *cache_folder_messages(Cache *cache, guint64 folder_id,
 				 GError **error);
+/* Bring a folder that was looked at in this mount in step again (a cheap
+ * QRESYNC SELECT when nothing changed); the change function hears what
+ * did. Folders never looked at are left alone. */
+gboolean cache_folder_revalidate(Cache *cache, guint64 folder_id,
+				 GError **error);
+/* Ids of the folders looked at in this mount. */
+GArray *cache_watched_folders(Cache *cache);
 CacheMessage *cache_message_get(Cache *cache, guint64 id);
 CacheMessage *cache_message_lookup(Cache *cache, guint64 folder_id,
 				   const char *name, GError **error);
@@ -117,6 +124,14 @@ gssize cache_body_read(CacheBody *body, char *buf, gsize size, goffset offset,
 		       GError **error);
 /* The message's current size (exact once the body is known). */
 guint64 cache_body_size(CacheBody *body);
+
+/* Called (on any thread, with no cache lock held) when a sync found that
+ * messages of a folder disappeared (@removed: their names) or arrived, so
+ * the file system can invalidate the kernel's caches precisely. */
+typedef void (*CacheChangeFunc)(guint64 folder_id, const GPtrArray *removed,
+				gboolean added, gpointer user_data);
+void cache_set_change_func(Cache *cache, CacheChangeFunc func,
+			   gpointer user_data);
 
 /* statfs: messages known, bytes of bodies on disk, quota (KiB, 0 if the
  * server has none). */

@@ -4,6 +4,9 @@
 
 #include <sys/types.h>
 
+#define FUSE_USE_VERSION 35
+#include <fuse_lowlevel.h>
+
 #include "cache.h"
 #include "imap.h"
 
@@ -15,6 +18,7 @@ typedef struct {
 	CacheKeep cache_keep;
 	guint64 cache_size;
 	gboolean ro;
+	guint poll_s; /* revalidate folders in use this often; 0: never */
 	gboolean check; /* --check: probe the server and exit */
 	gboolean debug;
 	gboolean foreground;
@@ -46,7 +50,20 @@ typedef struct {
 	gid_t gid;
 	time_t mount_time;
 	gint ops[FS_OP_COUNT];
+	/* watch.c */
+	struct fuse_session *se;
+	guint poll_s;
+	GAsyncQueue *inval;
+	GThread *inval_thread;
+	GThread *poll_thread;
+	GMutex poll_lock;
+	GCond poll_cond;
+	gboolean stopping;
 } Fs;
+
+fuse_ino_t fs_folder_ino(guint64 folder_id);
+void fs_watch_start(Fs *fs);
+void fs_watch_stop(Fs *fs);
 
 int errno_from_error(const GError *error);
 extern const struct fuse_lowlevel_ops fs_ops;

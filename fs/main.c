@@ -35,6 +35,7 @@ typedef struct {
 	unsigned port;
 	unsigned timeout;
 	unsigned max_connections;
+	char *poll;
 	int check;
 	int debug;
 	int foreground;
@@ -68,6 +69,7 @@ static const struct fuse_opt option_spec[] = {
 	OPT("timeout=%u", timeout),
 	OPT("max_connections=%u", max_connections),
 	OPT("cache_dir=%s", cache_dir),
+	OPT("poll=%s", poll),
 	OPT("cache=%s", cache),
 	OPT("cache_size=%s", cache_size),
 	/* Also handed to the kernel: keep them (FUSE_OPT_KEY). */
@@ -146,6 +148,9 @@ static void usage(const char *prog)
 	       "    -o cache_size=SIZE       bodies kept on disk, e.g. 2G "
 	       "(1G)\n"
 	       "    -o ro                    read-only mount\n"
+	       "    -o poll=S                look for changes in folders in "
+	       "use every S\n"
+	       "                             seconds (60; 0: never)\n"
 	       "    --check                  log in, list capabilities and "
 	       "folders, exit\n"
 	       "    -d                       debug: protocol trace (secrets "
@@ -414,6 +419,20 @@ static gboolean options_from_raw(RawOptions *raw, FsOptions *opts,
 	} else {
 		cfg->secret.env = g_strdup("IMAPFS_PASSWORD");
 	}
+	opts->poll_s = 60;
+	if (raw->poll) {
+		char *end = NULL;
+		guint64 v = g_ascii_strtoull(raw->poll, &end, 10);
+
+		if (!*raw->poll || *end || v > 86400) {
+			g_set_error(error, G_OPTION_ERROR,
+				    G_OPTION_ERROR_BAD_VALUE,
+				    "poll: seconds from 0 to 86400, not %s",
+				    raw->poll);
+			return FALSE;
+		}
+		opts->poll_s = (guint)v;
+	}
 	cfg->timeout_ms = raw->timeout * 1000;
 	cfg->max_connections = raw->max_connections;
 	if (raw->cache_dir) {
@@ -439,6 +458,7 @@ static void raw_clear(RawOptions *raw)
 	g_free(raw->cache_dir);
 	g_free(raw->cache);
 	g_free(raw->cache_size);
+	g_free(raw->poll);
 	if (raw->password)
 		explicit_bzero(raw->password, strlen(raw->password));
 	g_free(raw->password);
@@ -559,6 +579,7 @@ static int fs_mount(FsOptions *opts, struct fuse_args *args)
 	if (!cache_refresh_folders(cache, &error))
 		goto fail_host;
 	fs.cache = cache;
+	fs.poll_s = opts->poll_s;
 
 	fsname = g_strdup_printf("-ofsname=imapfs#%s@%s,subtype=imapfs",
 				 opts->imap.user, opts->imap.host);
@@ -576,6 +597,8 @@ static int fs_mount(FsOptions *opts, struct fuse_args *args)
 		fuse_session_destroy(se);
 		goto fail;
 	}
+	fs.se = se;
+	fs_watch_start(&fs);
 	daemon_ready();
 	loop = fuse_loop_cfg_create();
 	fuse_loop_cfg_set_clone_fd(loop, 0);
@@ -583,6 +606,7 @@ static int fs_mount(FsOptions *opts, struct fuse_args *args)
 	fuse_loop_cfg_set_idle_threads(loop, 4);
 	status = fuse_session_loop_mt(se, loop) == 0 ? 0 : 1;
 	fuse_loop_cfg_destroy(loop);
+	fs_watch_stop(&fs);
 	fuse_session_unmount(se);
 	fuse_remove_signal_handlers(se);
 	fuse_session_destroy(se);

@@ -100,6 +100,11 @@ static fuse_ino_t folder_ino(guint64 id)
 	return INO_FOLDER_BASE + id;
 }
 
+fuse_ino_t fs_folder_ino(guint64 folder_id)
+{
+	return folder_ino(folder_id);
+}
+
 static fuse_ino_t message_ino(guint64 id)
 {
 	return INO_MSG_BASE + id;

@@ -1,0 +1,129 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Keeping the kernel's caches honest. Names, attributes and pages are
+ * cached for long (messages never change); when a revalidation finds that
+ * a folder changed, exactly those entries are invalidated.
+ *
+ * Invalidations run on a thread of their own: the kernel may hold the
+ * directory's lock while it waits for one of our replies, so notifying
+ * from a request handler could deadlock.
+ */
+#define FUSE_USE_VERSION 35
+#include <fuse_lowlevel.h>
+
+#include <string.h>
+
+#include "fs.h"
+
+typedef struct {
+	fuse_ino_t parent;
+	GPtrArray *names; /* removed entries */
+	gboolean stop;
+} Inval;
+
+static void inval_free(Inval *j)
+{
+	if (j->names)
+		g_ptr_array_unref(j->names);
+	g_free(j);
+}
+
+static gpointer inval_thread(gpointer data)
+{
+	Fs *fs = data;
+
+	for (;;) {
+		Inval *j = g_async_queue_pop(fs->inval);
+
+		if (j->stop) {
+			inval_free(j);
+			return NULL;
+		}
+		for (guint i = 0; j->names && i < j->names->len; i++) {
+			const char *name = j->names->pdata[i];
+
+			fuse_lowlevel_notify_inval_entry(fs->se, j->parent,
+							 name, strlen(name));
+		}
+		/* The listing itself (cached with cache_readdir). */
+		fuse_lowlevel_notify_inval_inode(fs->se, j->parent, 0, 0);
+		inval_free(j);
+	}
+}
+
+static void changed_cb(guint64 folder_id, const GPtrArray *removed,
+		       gboolean added, gpointer user_data)
+{
+	Fs *fs = user_data;
+	Inval *j = g_new0(Inval, 1);
+
+	if (!fs->se)
+		return inval_free(j);
+	j->parent = fs_folder_ino(folder_id);
+	j->names = g_ptr_array_new_with_free_func(g_free);
+	for (guint i = 0; i < removed->len; i++)
+		g_ptr_array_add(j->names, g_strdup(removed->pdata[i]));
+	g_async_queue_push(fs->inval, j);
+}
+
+/* Every poll interval, bring the folders in use in step (a QRESYNC SELECT
+ * each when nothing changed). */
+static gpointer poll_thread(gpointer data)
+{
+	Fs *fs = data;
+
+	g_mutex_lock(&fs->poll_lock);
+	while (!fs->stopping) {
+		gint64 until = g_get_monotonic_time() +
+			       (gint64)fs->poll_s * G_USEC_PER_SEC;
+
+		if (g_cond_wait_until(&fs->poll_cond, &fs->poll_lock, until) ||
+		    fs->stopping)
+			continue;
+		g_mutex_unlock(&fs->poll_lock);
+
+		g_autoptr(GArray) ids = cache_watched_folders(fs->cache);
+
+		for (guint i = 0; i < ids->len; i++) {
+			g_autoptr(GError) error = NULL;
+
+			if (!cache_folder_revalidate(
+				    fs->cache, g_array_index(ids, guint64, i),
+				    &error))
+				g_debug("revalidation: %s", error->message);
+		}
+		g_mutex_lock(&fs->poll_lock);
+	}
+	g_mutex_unlock(&fs->poll_lock);
+	return NULL;
+}
+
+void fs_watch_start(Fs *fs)
+{
+	fs->inval = g_async_queue_new();
+	g_mutex_init(&fs->poll_lock);
+	g_cond_init(&fs->poll_cond);
+	cache_set_change_func(fs->cache, changed_cb, fs);
+	fs->inval_thread = g_thread_new("inval", inval_thread, fs);
+	if (fs->poll_s)
+		fs->poll_thread = g_thread_new("poll", poll_thread, fs);
+}
+
+void fs_watch_stop(Fs *fs)
+{
+	Inval *stop = g_new0(Inval, 1);
+
+	cache_set_change_func(fs->cache, NULL, NULL);
+	g_mutex_lock(&fs->poll_lock);
+	fs->stopping = TRUE;
+	g_cond_signal(&fs->poll_cond);
+	g_mutex_unlock(&fs->poll_lock);
+	if (fs->poll_thread)
+		g_thread_join(fs->poll_thread);
+	stop->stop = TRUE;
+	g_async_queue_push(fs->inval, stop);
+	g_thread_join(fs->inval_thread);
+	g_async_queue_unref(fs->inval);
+	g_mutex_clear(&fs->poll_lock);
+	g_cond_clear(&fs->poll_cond);
+}
