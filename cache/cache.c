@@ -499,6 +499,16 @@ gboolean cache_refresh_folders(Cache *c, GError **error)
 	return TRUE;
 }
 
+gboolean cache_has_folders(Cache *c)
+{
+	gboolean has;
+
+	g_mutex_lock(&c->lock);
+	has = g_hash_table_size(c->folders) > 0;
+	g_mutex_unlock(&c->lock);
+	return has;
+}
+
 CacheFolder *cache_folder_get(Cache *c, guint64 id)
 {
 	CacheFolder *f;
@@ -1165,13 +1175,6 @@ static gboolean folder_sync(Cache *c, CacheFolder *f, FolderState *st,
 	return ok;
 }
 
-static gboolean is_offline_error(const GError *e)
-{
-	return e->domain == IMAP_ERROR &&
-	       (e->code == IMAP_ERROR_CONNECT ||
-		e->code == IMAP_ERROR_DISCONNECTED ||
-		e->code == IMAP_ERROR_TIMEOUT || e->code == IMAP_ERROR_BYE);
-}
 
 /* The server is out of reach: serve the folder as the index has it. */
 static gboolean folder_load_offline(Cache *c, CacheFolder *f, FolderState *st)
@@ -1218,7 +1221,7 @@ static FolderState *folder_fresh(Cache *c, guint64 folder_id,
 
 		if (folder_sync(c, f, st, &local)) {
 			st->fresh = TRUE;
-		} else if (is_offline_error(local) &&
+		} else if (imap_error_is_network(local) &&
 			   (st->msgs || folder_load_offline(c, f, st))) {
 			/* Serve what we have; try the server again later. */
 			st->retry_at =

@@ -83,6 +83,8 @@ G_DEFINE_AUTOPTR_CLEANUP_FUNC(Cache, cache_free)
 /* LIST the folders (once per mount, then on invalidation). */
 gboolean cache_refresh_folders(Cache *cache, GError **error);
 
+/* Does the index know any folder (a warm cache that can serve offline)? */
+gboolean cache_has_folders(Cache *cache);
 /* A folder by id (0 is not a folder), or NULL. */
 CacheFolder *cache_folder_get(Cache *cache, guint64 id);
 /* Child folders of @parent_id (0: the top level), sorted by name. */

@@ -18,6 +18,7 @@ typedef struct {
 	CacheKeep cache_keep;
 	guint64 cache_size;
 	gboolean ro;
+	gboolean offline; /* don't connect before mounting */
 	guint poll_s; /* revalidate folders in use this often; 0: never */
 	gboolean check; /* --check: probe the server and exit */
 	gboolean debug;

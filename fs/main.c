@@ -36,6 +36,7 @@ typedef struct {
 	unsigned timeout;
 	unsigned max_connections;
 	char *poll;
+	int offline;
 	int check;
 	int debug;
 	int foreground;
@@ -70,6 +71,7 @@ static const struct fuse_opt option_spec[] = {
 	OPT("max_connections=%u", max_connections),
 	OPT("cache_dir=%s", cache_dir),
 	OPT("poll=%s", poll),
+	OPT("offline", offline),
 	OPT("cache=%s", cache),
 	OPT("cache_size=%s", cache_size),
 	/* Also handed to the kernel: keep them (FUSE_OPT_KEY). */
@@ -330,6 +332,7 @@ static gboolean options_from_raw(RawOptions *raw, FsOptions *opts,
 	opts->debug = raw->debug;
 	opts->foreground = raw->foreground || raw->debug;
 	opts->ro = raw->ro;
+	opts->offline = raw->offline;
 	if (raw->password) {
 		g_set_error(
 			error, G_OPTION_ERROR, G_OPTION_ERROR_BAD_VALUE,
@@ -571,13 +574,24 @@ static int fs_mount(FsOptions *opts, struct fuse_args *args)
 		return 1;
 	}
 	client = imap_client_new(&opts->imap);
-	if (!imap_client_connect(client, &error))
-		goto fail_host;
 	cache = cache_open(client, &ccfg, &error);
 	if (!cache)
 		goto fail;
-	if (!cache_refresh_folders(cache, &error))
-		goto fail_host;
+	if (opts->offline || !imap_client_connect(client, &error) ||
+	    !cache_refresh_folders(cache, &error)) {
+		/* Unreachable, but a warm cache: mount it and reconnect when
+		 * the server is back. Credentials and certificates that fail
+		 * are not a network problem: those stop the mount. */
+		if (!cache_has_folders(cache) ||
+		    (error && !imap_error_is_network(error)))
+			goto fail_host;
+		if (error)
+			fprintf(stderr,
+				"imapfs: %s: %s; mounting the cached copy "
+				"offline\n",
+				opts->imap.host, error->message);
+		g_clear_error(&error);
+	}
 	fs.cache = cache;
 	fs.poll_s = opts->poll_s;
 

@@ -24,6 +24,7 @@
 #define MAX_WBUF (1024 * 1024)
 #define BACKOFF_MIN_MS 500
 #define BACKOFF_MAX_MS 10000
+#define CONNECT_TIMEOUT_MS 5000
 
 typedef enum {
 	CONN_DISCONNECTED,
@@ -849,8 +850,11 @@ static gboolean conn_setup(ImapConn *conn, GError **error)
 	conn->qresync = conn->condstore = FALSE;
 	g_clear_pointer(&conn->caps, g_hash_table_unref);
 	conn->literal_mode = IMAP_LITERAL_SYNC;
-	conn->stream = imap_stream_connect(cfg->host, cfg->port,
-					   cfg->timeout_ms, error);
+	/* A host that does not answer at all should not hold a reader for
+	 * the whole command timeout. */
+	conn->stream = imap_stream_connect(
+		cfg->host, cfg->port, MIN(cfg->timeout_ms, CONNECT_TIMEOUT_MS),
+		error);
 	if (!conn->stream)
 		return FALSE;
 	if (cfg->tls == IMAP_TLS_IMPLICIT &&

@@ -41,6 +41,10 @@ typedef enum {
 	IMAP_ERROR_EXPUNGEISSUED, /* [EXPUNGEISSUED]: the message is gone */
 } ImapErrorCode;
 
+/* The server is out of reach (connect, disconnect, timeout, BYE) rather
+ * than refusing something: worth serving a cache and retrying later. */
+gboolean imap_error_is_network(const GError *error);
+
 /* ---- Mailbox names (modified UTF-7, RFC 3501 5.1.3) ---- */
 
 /* Decode a server name to UTF-8. Fails (IMAP_ERROR_PROTOCOL) on invalid
