@@ -55,6 +55,141 @@ void cache_body_remove_folder(Cache *c, guint64 folder_id)
 	g_rmdir(dir);
 }
 
+/* ---- the size limit ---- */
+
+/* Total bytes of body files, counted once at startup. */
+void cache_body_scan(Cache *c)
+{
+	g_autoptr(GDir) d = g_dir_open(c->body_dir, 0, NULL);
+	const char *folder;
+	guint64 total = 0;
+
+	while (d && (folder = g_dir_read_name(d))) {
+		g_autofree char *fdir =
+			g_build_filename(c->body_dir, folder, NULL);
+		g_autoptr(GDir) fd = g_dir_open(fdir, 0, NULL);
+		const char *gen;
+
+		while (fd && (gen = g_dir_read_name(fd))) {
+			g_autofree char *gdir =
+				g_build_filename(fdir, gen, NULL);
+			g_autoptr(GDir) gd = g_dir_open(gdir, 0, NULL);
+			const char *f;
+
+			while (gd && (f = g_dir_read_name(gd))) {
+				g_autofree char *p =
+					g_build_filename(gdir, f, NULL);
+				struct stat st;
+
+				if (stat(p, &st) == 0)
+					total += (guint64)st.st_size;
+			}
+		}
+	}
+	g_mutex_lock(&c->lock);
+	c->body_bytes = total;
+	g_mutex_unlock(&c->lock);
+}
+
+static void body_stored_locked(Cache *c, guint64 size)
+{
+	c->body_bytes += size;
+	if (c->cfg.size_limit && c->body_bytes > c->cfg.size_limit)
+		c->evict_needed = TRUE;
+}
+
+typedef struct {
+	char *path;
+	gint64 used; /* mtime: touched on every open */
+	guint64 size;
+} BodyFile;
+
+static gint compare_used(gconstpointer a, gconstpointer b)
+{
+	const BodyFile *x = a, *y = b;
+
+	return x->used < y->used ? -1 : x->used > y->used;
+}
+
+static void body_file_clear(BodyFile *b)
+{
+	g_free(b->path);
+}
+
+/*
+ * Least recently used bodies go first, down to 90% of the limit. Bodies
+ * of open files stay; the index is never touched (a listing must not need
+ * the network because bodies were evicted).
+ */
+static void evict(Cache *c)
+{
+	g_autoptr(GArray) files = g_array_new(FALSE, FALSE, sizeof(BodyFile));
+	g_autoptr(GDir) d = g_dir_open(c->body_dir, 0, NULL);
+	const char *folder;
+	guint64 target = c->cfg.size_limit / 10 * 9;
+	guint64 total = 0;
+
+	g_array_set_clear_func(files, (GDestroyNotify)body_file_clear);
+	while (d && (folder = g_dir_read_name(d))) {
+		g_autofree char *fdir =
+			g_build_filename(c->body_dir, folder, NULL);
+		g_autoptr(GDir) fd = g_dir_open(fdir, 0, NULL);
+		const char *gen;
+
+		while (fd && (gen = g_dir_read_name(fd))) {
+			g_autofree char *gdir =
+				g_build_filename(fdir, gen, NULL);
+			g_autoptr(GDir) gd = g_dir_open(gdir, 0, NULL);
+			const char *f;
+
+			while (gd && (f = g_dir_read_name(gd))) {
+				BodyFile b = {.path = g_build_filename(gdir, f,
+								       NULL)};
+				struct stat st;
+
+				if (stat(b.path, &st) < 0) {
+					g_free(b.path);
+					continue;
+				}
+				b.used = st.st_mtim.tv_sec *
+						 G_GINT64_CONSTANT(1000000000) +
+					 st.st_mtim.tv_nsec;
+				b.size = (guint64)st.st_size;
+				total += b.size;
+				g_array_append_val(files, b);
+			}
+		}
+	}
+	g_array_sort(files, compare_used);
+	for (guint i = 0; i < files->len && total > target; i++) {
+		BodyFile *b = &g_array_index(files, BodyFile, i);
+		gboolean open;
+
+		g_mutex_lock(&c->lock);
+		open = g_hash_table_contains(c->open_paths, b->path);
+		g_mutex_unlock(&c->lock);
+		if (open || g_unlink(b->path) < 0)
+			continue;
+		total -= b->size;
+	}
+	g_mutex_lock(&c->lock);
+	c->body_bytes = total;
+	c->counters.evictions++;
+	g_mutex_unlock(&c->lock);
+}
+
+static void evict_if_needed(Cache *c)
+{
+	gboolean needed;
+
+	g_mutex_lock(&c->lock);
+	needed = c->evict_needed;
+	c->evict_needed = FALSE;
+	g_mutex_unlock(&c->lock);
+	if (needed)
+		evict(c);
+}
+
 /* ---- streaming a literal into a file ---- */
 
 typedef struct {
@@ -222,11 +357,21 @@ static gboolean fetch_untagged_cb(const ImapResponse *resp, gpointer user_data)
 	CacheMessage *m = g_hash_table_lookup(f->c->messages, &id);
 
 	if (m && m->size != h->written) {
+		sqlite3_stmt *st = NULL;
+
 		g_warning("message %u: RFC822.SIZE %" G_GUINT64_FORMAT
 			  " but the body has %" G_GUINT64_FORMAT " bytes",
 			  m->uid, m->size, h->written);
 		m->size = h->written;
+		sqlite3_prepare_v2(
+			f->c->db, "UPDATE messages SET size = ?1 WHERE id = ?2",
+			-1, &st, NULL);
+		sqlite3_bind_int64(st, 1, (sqlite3_int64)h->written);
+		sqlite3_bind_int64(st, 2, (sqlite3_int64)id);
+		sqlite3_step(st);
+		sqlite3_finalize(st);
 	}
+	body_stored_locked(f->c, h->written);
 	g_mutex_unlock(&f->c->lock);
 	return TRUE;
 }
@@ -597,8 +742,12 @@ static gboolean partial_fill(Cache *c, CacheMessage *m, Partial *p, guint first,
 		g_autofree char *dir = g_path_get_dirname(path);
 
 		if (fsync(p->fd) == 0 && g_mkdir_with_parents(dir, 0700) == 0 &&
-		    rename(p->tmp_path, path) == 0)
+		    rename(p->tmp_path, path) == 0) {
 			g_clear_pointer(&p->tmp_path, g_free);
+			g_mutex_lock(&c->lock);
+			body_stored_locked(c, m->size);
+			g_mutex_unlock(&c->lock);
+		}
 	}
 	return ok;
 }
@@ -608,6 +757,7 @@ static gboolean partial_fill(Cache *c, CacheMessage *m, Partial *p, guint first,
 struct _CacheBody {
 	Cache *c;
 	CacheMessage *m;
+	char *path;
 	int fd; /* complete body file, or -1 */
 	Partial *partial;
 	guint last_chunk;
@@ -628,7 +778,16 @@ CacheBody *cache_body_open(Cache *c, guint64 message_id, GError **error)
 	b->m = m;
 	b->fd = -1;
 	b->last_chunk = G_MAXUINT;
+	b->path = cache_body_path(c, m);
+	g_mutex_lock(&c->lock);
+	g_hash_table_insert(
+		c->open_paths, g_strdup(b->path),
+		GUINT_TO_POINTER(GPOINTER_TO_UINT(g_hash_table_lookup(
+					 c->open_paths, b->path)) +
+				 1));
+	g_mutex_unlock(&c->lock);
 	cache_note_open(c, m);
+	evict_if_needed(c);
 	return b;
 }
 
@@ -640,12 +799,21 @@ void cache_body_close(CacheBody *b)
 		close(b->fd);
 	if (b->partial)
 		partial_release(b->c, b->m, b->partial);
-	if (b->c->cfg.keep == CACHE_KEEP_NONE) {
-		g_autofree char *path = cache_body_path(b->c, b->m);
+	g_mutex_lock(&b->c->lock);
+	guint n = GPOINTER_TO_UINT(
+		g_hash_table_lookup(b->c->open_paths, b->path));
 
-		g_unlink(path);
-	}
+	if (n > 1)
+		g_hash_table_insert(b->c->open_paths, g_strdup(b->path),
+				    GUINT_TO_POINTER(n - 1));
+	else
+		g_hash_table_remove(b->c->open_paths, b->path);
+	g_mutex_unlock(&b->c->lock);
+	if (b->c->cfg.keep == CACHE_KEEP_NONE && n <= 1)
+		g_unlink(b->path);
+	evict_if_needed(b->c);
 	cache_message_unref(b->m);
+	g_free(b->path);
 	g_free(b);
 }
 
@@ -684,15 +852,34 @@ static gssize pread_all(int fd, char *buf, gsize size, goffset off,
 	return (gssize)done;
 }
 
+/* Open the body file if there is one that can be trusted. */
 static gboolean body_open_file(CacheBody *b)
 {
-	g_autofree char *path = NULL;
+	struct stat st;
+	g_autoptr(CacheMessage) now = NULL;
 
 	if (b->fd >= 0)
 		return TRUE;
-	path = cache_body_path(b->c, b->m);
-	b->fd = open(path, O_RDONLY | O_CLOEXEC);
-	return b->fd >= 0;
+	b->fd = open(b->path, O_RDONLY | O_CLOEXEC);
+	if (b->fd < 0)
+		return FALSE;
+	/* A file of another length was damaged outside of us (its length
+	 * is checked when stored): fetch it again rather than serve it. */
+	now = cache_message_get(b->c, b->m->id);
+	if (fstat(b->fd, &st) < 0 ||
+	    (guint64)st.st_size != (now ? now->size : b->m->size)) {
+		g_warning(
+			"cached body %s has the wrong size; fetching it again",
+			b->path);
+		close(b->fd);
+		b->fd = -1;
+		g_unlink(b->path);
+		return FALSE;
+	}
+	/* Recently used: the eviction order is the mtime. */
+	futimens(b->fd, (const struct timespec[2]){{.tv_nsec = UTIME_OMIT},
+						   {.tv_nsec = UTIME_NOW}});
+	return TRUE;
 }
 
 gssize cache_body_read(CacheBody *b, char *buf, gsize size, goffset offset,

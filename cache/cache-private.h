@@ -25,6 +25,7 @@ typedef struct {
 	guint64 prefetches; /* bodies fetched ahead of a sequential scan */
 	guint64 body_bytes_fetched;
 	guint64 folder_syncs;
+	guint64 evictions;
 } CacheCounters;
 
 /* Per-folder state of this mount. */
@@ -56,6 +57,9 @@ struct _Cache {
 	GHashTable *fetching; /* message id -> GINT_TO_POINTER(1) */
 	GHashTable *partials; /* message id -> Partial * */
 	gboolean folders_listed;
+	GHashTable *open_paths; /* body path -> open count */
+	guint64 body_bytes; /* body files on disk */
+	gboolean evict_needed;
 	CacheChangeFunc change_func;
 	gpointer change_data;
 	CacheCounters counters;
@@ -71,6 +75,8 @@ gboolean cache_db_exec(Cache *c, const char *sql, GError **error);
 /* body.c */
 char *cache_body_path(Cache *c, const CacheMessage *m);
 void cache_body_remove_folder(Cache *c, guint64 folder_id);
+void cache_body_scan(Cache *c);
+void cache_note_open(Cache *c, const CacheMessage *m);
 void cache_prefetch_after(Cache *c, guint64 folder_id, FolderState *st,
 			  guint index);
 

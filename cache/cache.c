@@ -284,6 +284,8 @@ Cache *cache_open(ImapClient *client, const CacheConfig *cfg, GError **error)
 					    NULL);
 	c->partials = g_hash_table_new_full(g_int64_hash, g_int64_equal, g_free,
 					    NULL);
+	c->open_paths =
+		g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
 	if (!make_dir(cfg->dir, error) || !make_dir(c->body_dir, error))
 		return NULL;
 	/* Leftovers of a crash are incomplete by definition. */
@@ -298,6 +300,7 @@ Cache *cache_open(ImapClient *client, const CacheConfig *cfg, GError **error)
 			return NULL;
 	}
 	load_folders(c);
+	cache_body_scan(c);
 	return g_steal_pointer(&c);
 }
 
@@ -315,6 +318,7 @@ void cache_free(Cache *c)
 	g_hash_table_unref(c->messages);
 	g_hash_table_unref(c->fetching);
 	g_hash_table_unref(c->partials);
+	g_hash_table_unref(c->open_paths);
 	g_mutex_clear(&c->lock);
 	g_cond_clear(&c->fetch_cond);
 	g_free(c->body_dir);
@@ -1175,7 +1179,6 @@ static gboolean folder_sync(Cache *c, CacheFolder *f, FolderState *st,
 	return ok;
 }
 
-
 /* The server is out of reach: serve the folder as the index has it. */
 static gboolean folder_load_offline(Cache *c, CacheFolder *f, FolderState *st)
 {
@@ -1321,7 +1324,6 @@ CacheMessage *cache_message_lookup(Cache *c, guint64 folder_id,
 }
 
 /* Sequential-scan detection, called when a body is opened. */
-void cache_note_open(Cache *c, const CacheMessage *m);
 void cache_note_open(Cache *c, const CacheMessage *m)
 {
 	FolderState *st;
@@ -1353,6 +1355,7 @@ CacheStats cache_stats(Cache *c)
 
 	g_mutex_lock(&c->lock);
 	s.messages = g_hash_table_size(c->messages);
+	s.cached_bytes = c->body_bytes;
 	s.quota_used_kib = c->quota_used;
 	s.quota_limit_kib = c->quota_limit;
 	g_mutex_unlock(&c->lock);
@@ -1363,9 +1366,11 @@ void cache_append_counters(Cache *c, GString *out)
 {
 	ImapCounters ic = imap_client_counters(c->client);
 	CacheCounters cc;
+	guint64 bytes_on_disk;
 
 	g_mutex_lock(&c->lock);
 	cc = c->counters;
+	bytes_on_disk = c->body_bytes;
 	g_mutex_unlock(&c->lock);
 	g_string_append_printf(
 		out,
@@ -1379,10 +1384,13 @@ void cache_append_counters(Cache *c, GString *out)
 		"cache.body_fetches %" G_GUINT64_FORMAT "\n"
 		"cache.range_fetches %" G_GUINT64_FORMAT "\n"
 		"cache.prefetches %" G_GUINT64_FORMAT "\n"
-		"cache.body_bytes_fetched %" G_GUINT64_FORMAT "\n",
+		"cache.body_bytes_fetched %" G_GUINT64_FORMAT "\n"
+		"cache.evictions %" G_GUINT64_FORMAT "\n"
+		"cache.bytes_on_disk %" G_GUINT64_FORMAT "\n",
 		ic.commands, ic.round_trips, ic.bytes_in, ic.bytes_out,
 		ic.connects, cc.folder_syncs, cc.body_hits, cc.body_fetches,
-		cc.range_fetches, cc.prefetches, cc.body_bytes_fetched);
+		cc.range_fetches, cc.prefetches, cc.body_bytes_fetched,
+		cc.evictions, bytes_on_disk);
 	for (guint i = 0; i < imap_client_n_connections(c->client); i++) {
 		ImapCounters k = imap_client_connection_counters(c->client, i);
 
