@@ -190,6 +190,62 @@ static void evict_if_needed(Cache *c)
 		evict(c);
 }
 
+/* ---- the header block ---- */
+
+#define HEADER_MAX (64 * 1024)
+
+/* Keep the header block in the index: it outlives an evicted body, so
+ * reads inside it still work (offline too). */
+static void store_header(Cache *c, int fd, guint64 message_id)
+{
+	g_autofree char *buf = g_malloc(HEADER_MAX);
+	ssize_t n = pread(fd, buf, HEADER_MAX, 0);
+	const char *end;
+	sqlite3_stmt *st = NULL;
+
+	if (n <= 0)
+		return;
+	end = g_strstr_len(buf, n, "\r\n\r\n");
+	if (!end)
+		return;
+	g_mutex_lock(&c->lock);
+	sqlite3_prepare_v2(c->db,
+			   "UPDATE messages SET header = ?1 WHERE id = ?2", -1,
+			   &st, NULL);
+	sqlite3_bind_blob(st, 1, buf, (int)(end + 4 - buf), SQLITE_STATIC);
+	sqlite3_bind_int64(st, 2, (sqlite3_int64)message_id);
+	sqlite3_step(st);
+	sqlite3_finalize(st);
+	g_mutex_unlock(&c->lock);
+}
+
+/* Serve a read that lies inside the stored header block. */
+static gboolean header_read(Cache *c, const CacheMessage *m, char *buf,
+			    gsize size, goffset offset, gssize *n_out)
+{
+	sqlite3_stmt *st = NULL;
+	gboolean ok = FALSE;
+
+	g_mutex_lock(&c->lock);
+	sqlite3_prepare_v2(c->db, "SELECT header FROM messages WHERE id = ?1",
+			   -1, &st, NULL);
+	sqlite3_bind_int64(st, 1, (sqlite3_int64)m->id);
+	if (sqlite3_step(st) == SQLITE_ROW) {
+		gsize len = (gsize)sqlite3_column_bytes(st, 0);
+		const char *h = sqlite3_column_blob(st, 0);
+
+		if (h && (gsize)offset + size <= len) {
+			memcpy(buf, h + offset, size);
+			*n_out = (gssize)size;
+			c->counters.header_hits++;
+			ok = TRUE;
+		}
+	}
+	sqlite3_finalize(st);
+	g_mutex_unlock(&c->lock);
+	return ok;
+}
+
 /* ---- streaming a literal into a file ---- */
 
 typedef struct {
@@ -346,6 +402,9 @@ static gboolean fetch_untagged_cb(const ImapResponse *resp, gpointer user_data)
 		return TRUE;
 	}
 	g_clear_pointer(&h->tmp_path, g_free);
+	store_header(f->c, h->fd,
+		     GPOINTER_TO_SIZE(g_hash_table_lookup(
+			     f->ids_by_uid, GUINT_TO_POINTER(fd->uid))));
 	close(h->fd);
 	h->fd = -1;
 	f->bodies++;
@@ -894,6 +953,12 @@ gssize cache_body_read(CacheBody *b, char *buf, gsize size, goffset offset,
 		c->counters.body_hits++;
 		g_mutex_unlock(&c->lock);
 		return pread_all(b->fd, buf, size, offset, error);
+	}
+	{
+		gssize n;
+
+		if (header_read(c, m, buf, size, offset, &n))
+			return n;
 	}
 	if (m->size <= CACHE_RANGE_THRESHOLD) {
 		if (!body_ensure(c, m, error))

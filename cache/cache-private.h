@@ -26,6 +26,7 @@ typedef struct {
 	guint64 body_bytes_fetched;
 	guint64 folder_syncs;
 	guint64 evictions;
+	guint64 header_hits; /* reads served from the stored header block */
 } CacheCounters;
 
 /* Per-folder state of this mount. */

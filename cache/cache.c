@@ -12,7 +12,7 @@
 
 G_DEFINE_QUARK(imapfs - cache - error - quark, cache_error)
 
-#define SCHEMA_VERSION 1
+#define SCHEMA_VERSION 2
 
 /* ---- objects ---- */
 
@@ -105,6 +105,7 @@ static const char schema[] =
 	" flags TEXT NOT NULL, size INTEGER NOT NULL,"
 	" internaldate INTEGER NOT NULL, tz INTEGER NOT NULL,"
 	" modseq INTEGER NOT NULL, subject BLOB, name TEXT NOT NULL,"
+	" header BLOB,"
 	" UNIQUE (folder_id, uidvalidity, uid));";
 
 static gboolean db_open_once(Cache *c, const char *path, GError **error)
@@ -1386,11 +1387,12 @@ void cache_append_counters(Cache *c, GString *out)
 		"cache.prefetches %" G_GUINT64_FORMAT "\n"
 		"cache.body_bytes_fetched %" G_GUINT64_FORMAT "\n"
 		"cache.evictions %" G_GUINT64_FORMAT "\n"
+		"cache.header_hits %" G_GUINT64_FORMAT "\n"
 		"cache.bytes_on_disk %" G_GUINT64_FORMAT "\n",
 		ic.commands, ic.round_trips, ic.bytes_in, ic.bytes_out,
 		ic.connects, cc.folder_syncs, cc.body_hits, cc.body_fetches,
 		cc.range_fetches, cc.prefetches, cc.body_bytes_fetched,
-		cc.evictions, bytes_on_disk);
+		cc.evictions, cc.header_hits, bytes_on_disk);
 	for (guint i = 0; i < imap_client_n_connections(c->client); i++) {
 		ImapCounters k = imap_client_connection_counters(c->client, i);
 

@@ -557,8 +557,6 @@ static void build_slug(const char *text, gsize len, GString *slug)
 		gap = FALSE;
 		after_letter = letter || after_letter;
 	}
-	if (slug->len == 0)
-		g_string_assign(slug, "no_subject");
 }
 
 /* ---- Message names ---- */
@@ -576,12 +574,18 @@ char *cache_message_name(gint64 internaldate, const char *subject,
 	append_lenient(text, value->str, value->len);
 	rfc2047_decode(text->str, text->len, decoded);
 	build_slug(decoded->str, decoded->len, slug);
+	/* "no_subject" says what is true only when there is none; a subject
+	 * of nothing but punctuation ("..") leaves the slug out. */
+	g_strstrip(decoded->str);
+	if (slug->len == 0 && decoded->str[0] == '\0')
+		g_string_assign(slug, "no_subject");
 
 	UtcTime t = utc_from_epoch(internaldate);
 
-	return g_strdup_printf(
-		"%04d-%02d-%02d_%02d%02d_%s.%" G_GUINT32_FORMAT ".eml", t.year,
-		t.month, t.day, t.hour, t.minute, slug->str, uid);
+	return g_strdup_printf("%04d-%02d-%02d_%02d%02d%s%s.%" G_GUINT32_FORMAT
+			       ".eml",
+			       t.year, t.month, t.day, t.hour, t.minute,
+			       slug->len ? "_" : "", slug->str, uid);
 }
 
 gboolean cache_is_message_name(const char *name)

@@ -58,8 +58,9 @@ typedef enum {
  * The slug keeps letters, digits (any script, with their combining marks)
  * and "-+=@,"; every other run of characters becomes one "_". It has no "_"
  * at either end, at most about 80 characters, and is cut at a character
- * boundary so that the whole name fits in CACHE_NAME_MAX bytes. An empty
- * slug is "no_subject".
+ * boundary so that the whole name fits in CACHE_NAME_MAX bytes. A message
+ * without a Subject (or an empty one) gets "no_subject"; a Subject with
+ * nothing to keep ("..") gets no slug: "YYYY-MM-DD_HHMM.<uid>.eml".
  *
  * The result is valid UTF-8, at most CACHE_NAME_MAX bytes, has no "/", no
  * control characters, starts with a digit and ends in ".<uid>.eml".

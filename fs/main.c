@@ -13,6 +13,7 @@
 #include <string.h>
 #include <unistd.h>
 #include <errno.h>
+#include <signal.h>
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -618,7 +619,12 @@ static int fs_mount(FsOptions *opts, struct fuse_args *args)
 	fuse_loop_cfg_set_clone_fd(loop, 0);
 	fuse_loop_cfg_set_max_threads(loop, 16);
 	fuse_loop_cfg_set_idle_threads(loop, 4);
-	status = fuse_session_loop_mt(se, loop) == 0 ? 0 : 1;
+	status = fuse_session_loop_mt(se, loop);
+	/* SIGTERM, SIGINT or SIGHUP: an unmount that was asked for. */
+	status = (status == 0 || status == SIGTERM || status == SIGINT ||
+		  status == SIGHUP)
+			 ? 0
+			 : 1;
 	fuse_loop_cfg_destroy(loop);
 	fs_watch_stop(&fs);
 	fuse_session_unmount(se);

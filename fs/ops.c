@@ -139,7 +139,11 @@ static void message_stat(Fs *fs, const CacheMessage *m, struct stat *st)
 
 static void reply_error(fuse_req_t req, const GError *error)
 {
-	fuse_reply_err(req, errno_from_error(error));
+	int err = errno_from_error(error);
+
+	g_debug("error %s: %s", g_strerror(err),
+		error ? error->message : "(none)");
+	fuse_reply_err(req, err);
 }
 
 /* ---- inodes ---- */
