@@ -596,8 +596,9 @@ static int fs_mount(FsOptions *opts, struct fuse_args *args)
 	fs.cache = cache;
 	fs.poll_s = opts->poll_s;
 
-	fsname = g_strdup_printf("-ofsname=imapfs#%s@%s,subtype=imapfs",
-				 opts->imap.user, opts->imap.host);
+	/* fuse_opt splits at commas; the account may hold one. */
+	g_strdelimit(opts->account, ",\\", '_');
+	fsname = g_strdup_printf("-ofsname=%s,subtype=imapfs", opts->account);
 	fuse_opt_add_arg(args, fsname);
 	se = fuse_session_new(args, &fs_ops, sizeof(fs_ops), &fs);
 	if (!se) {

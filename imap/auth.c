@@ -84,9 +84,11 @@ static ImapSecret *secret_from_file(const char *path, GError **error)
 			    "cannot read password file: %s", local->message);
 		return NULL;
 	}
+	/* A hint, not a refusal; on stderr it would break the one-line
+	 * rule for errors, so it goes to the debug log. */
 	if (stat(path, &st) == 0 && (st.st_mode & 0077))
-		g_warning("password file %s is readable by others (mode %04o)",
-			  path, st.st_mode & 07777);
+		g_debug("password file %s is readable by others (mode %04o)",
+			path, st.st_mode & 07777);
 	return secret_from_first_line(buf, len, "password file", error);
 }
 
