@@ -18,6 +18,7 @@ static ImapCommand *bound(const char *verb, const char *mailbox,
 
 static gboolean add_set(ImapCommand *cmd, const char *uids)
 {
+	imap_command_set_scope(cmd, uids);
 	/* Sequence sets come from our own code; still, never let one carry
 	 * a line break into the stream. */
 	return imap_command_add_raw(cmd, uids, NULL);

@@ -181,11 +181,54 @@ static ImapFlight *conn_route(ImapConn *conn, const char *keyword)
 	return NULL;
 }
 
+/*
+ * The flight a FETCH response about @uid belongs to. Servers may run
+ * pipelined FETCH commands in parallel and interleave their responses
+ * (Dovecot does), so "the oldest FETCH in flight" is not enough: each
+ * UID command knows the UIDs it asked about (its scope), and commands
+ * sent together are given disjoint scopes. @uid 0 (not known yet) falls
+ * back to the oldest.
+ */
+static ImapFlight *conn_route_fetch(ImapConn *conn, guint32 uid)
+{
+	for (GList *l = conn->inflight.head; l; l = l->next) {
+		ImapFlight *f = l->data;
+
+		if (!flight_wants(f, "FETCH"))
+			continue;
+		if (!uid || !f->cmd->scope ||
+		    imap_uid_set_contains(f->cmd->scope, uid))
+			return f;
+	}
+	return NULL;
+}
+
+/* The UID of a FETCH response, from what has been parsed so far. */
+static guint32 fetch_uid(const ImapResponse *resp)
+{
+	const ImapValue *list;
+	guint32 uid = 0;
+
+	if (!resp->args || resp->args->len < 1)
+		return 0;
+	list = resp->args->pdata[0];
+	if (list->type != IMAP_VALUE_LIST)
+		return 0;
+	for (guint i = 0; i + 1 < list->list->len; i += 2) {
+		if (imap_value_is_atom(list->list->pdata[i], "UID") &&
+		    imap_value_get_u32(list->list->pdata[i + 1], &uid))
+			return uid;
+	}
+	return 0;
+}
+
 static gpointer sink_open(guint64 size, const char *context,
 			  const ImapResponse *resp, gpointer user_data)
 {
 	ImapConn *conn = user_data;
-	ImapFlight *f = conn_route(conn, resp->keyword);
+	ImapFlight *f = g_strcmp0(resp->keyword, "FETCH") == 0
+				? conn_route_fetch(conn, fetch_uid(resp))
+				: conn_route(conn, resp->keyword);
 
 	if (!f || !f->cmd->has_sink)
 		return NULL;
@@ -1274,7 +1317,9 @@ static gboolean conn_untagged(ImapConn *conn, ImapResponse *resp,
 		if (es && es->tag)
 			f = conn_find_tag(conn, es->tag);
 	}
-	if (!f && resp->keyword && !g_str_equal(resp->keyword, "EXPUNGE"))
+	if (!f && g_strcmp0(resp->keyword, "FETCH") == 0)
+		f = conn_route_fetch(conn, fetch_uid(resp));
+	else if (!f && resp->keyword && !g_str_equal(resp->keyword, "EXPUNGE"))
 		f = conn_route(conn, resp->keyword);
 	if (!f && resp->status == IMAP_STATUS_OK && resp->code)
 		f = conn_route(conn, "OK"); /* e.g. COPYUID during UID MOVE */
@@ -1676,8 +1721,15 @@ void imap_command_set_idempotent(ImapCommand *cmd, gboolean idempotent)
 	cmd->idempotent = idempotent;
 }
 
+void imap_command_set_scope(ImapCommand *cmd, const char *uids)
+{
+	g_clear_pointer(&cmd->scope, imap_uid_set_free);
+	cmd->scope = imap_uid_set_parse(uids, G_MAXUINT32, NULL);
+}
+
 void imap_command_engine_clear(ImapCommand *cmd)
 {
+	g_clear_pointer(&cmd->scope, imap_uid_set_free);
 	g_clear_pointer(&cmd->want, g_ptr_array_unref);
 	g_clear_pointer(&cmd->mailbox, g_free);
 	g_clear_pointer(&cmd->selects, g_free);

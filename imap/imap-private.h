@@ -41,6 +41,7 @@ struct _ImapCommand {
 	gboolean idempotent;
 	gboolean is_idle;
 	char *selects; /* SELECT/EXAMINE: the raw name it selects */
+	ImapUidSet *scope; /* UIDs its FETCH responses can be about */
 };
 
 void imap_command_engine_clear(ImapCommand *cmd);

@@ -380,6 +380,10 @@ void imap_command_set_sink(ImapCommand *cmd, const ImapLiteralSink *sink,
  * one generation are never applied to another. */
 void imap_command_set_mailbox(ImapCommand *cmd, const char *mailbox,
 			      guint32 uidvalidity);
+/* The UIDs (a UID set, "*" for open-ended) that this command's FETCH
+ * responses are about; the UID commands below set it. Responses are routed
+ * by it, so FETCH commands in flight together must have disjoint scopes. */
+void imap_command_set_scope(ImapCommand *cmd, const char *uids);
 /* Safe to send again on a fresh connection after a disconnect. */
 void imap_command_set_idempotent(ImapCommand *cmd, gboolean idempotent);
 
