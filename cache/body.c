@@ -190,6 +190,36 @@ static void evict_if_needed(Cache *c)
 		evict(c);
 }
 
+gboolean cache_body_store(Cache *c, const char *path, const char *data,
+			  gsize len)
+{
+	g_autofree char *tmp = g_build_filename(c->tmp_dir, "bodyXXXXXX", NULL);
+	int fd = g_mkstemp_full(tmp, O_RDWR | O_CLOEXEC, 0600);
+	gsize done = 0;
+
+	if (fd < 0)
+		return FALSE;
+	while (done < len) {
+		ssize_t n = write(fd, data + done, len - done);
+
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			break;
+		done += (gsize)n;
+	}
+	if (done != len || fsync(fd) < 0 || rename(tmp, path) < 0) {
+		close(fd);
+		g_unlink(tmp);
+		return FALSE;
+	}
+	close(fd);
+	g_mutex_lock(&c->lock);
+	body_stored_locked(c, len);
+	g_mutex_unlock(&c->lock);
+	return TRUE;
+}
+
 /* ---- the header block ---- */
 
 #define HEADER_MAX (64 * 1024)

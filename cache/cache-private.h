@@ -68,6 +68,32 @@ struct _Cache {
 	guint64 quota_used, quota_limit;
 };
 
+/* What a metadata FETCH brought for one message. */
+typedef struct {
+	guint32 uid;
+	guint32 has;
+	char *flags;
+	guint64 size;
+	gint64 date;
+	gint tz;
+	guint64 modseq;
+	GBytes *subject; /* NULL when not fetched */
+} Meta;
+
+void cache_meta_free(Meta *m);
+guint64 *cache_id_key(guint64 id);
+FolderState *cache_state_get_locked(Cache *c, guint64 id);
+FolderState *cache_folder_fresh(Cache *c, guint64 folder_id,
+				CacheFolder **folder_out, GError **error);
+/* Run commands concurrently (they pipeline) and wait for all. */
+gboolean cache_run_batch(Cache *c, ImapCommand **cmds, guint n, GError **error);
+CacheMessage *cache_insert_message_locked(Cache *c, guint64 folder_id,
+					  guint32 uidvalidity, const Meta *m);
+void cache_delete_message_locked(Cache *c, CacheMessage *m);
+void cache_update_flags_locked(Cache *c, CacheMessage *m);
+void cache_install_messages_locked(Cache *c, FolderState *st, GPtrArray *msgs,
+				   guint32 uidvalidity);
+
 /* index.c */
 gboolean cache_db_open(Cache *c, GError **error);
 void cache_db_close(Cache *c);
@@ -77,6 +103,11 @@ gboolean cache_db_exec(Cache *c, const char *sql, GError **error);
 char *cache_body_path(Cache *c, const CacheMessage *m);
 void cache_body_remove_folder(Cache *c, guint64 folder_id);
 void cache_body_scan(Cache *c);
+/* Write a complete body file (tmp, fsync, rename). */
+gboolean cache_body_store(Cache *c, const char *path, const char *data,
+			  gsize len);
+/* The next access syncs the folder again. */
+void cache_folder_mark_stale(Cache *c, guint64 folder_id);
 void cache_note_open(Cache *c, const CacheMessage *m);
 void cache_prefetch_after(Cache *c, guint64 folder_id, FolderState *st,
 			  guint index);

@@ -12,7 +12,7 @@
 
 G_DEFINE_QUARK(imapfs - cache - error - quark, cache_error)
 
-#define SCHEMA_VERSION 2
+#define SCHEMA_VERSION 3
 
 /* ---- objects ---- */
 
@@ -59,7 +59,7 @@ static void state_free(FolderState *st)
 	g_free(st);
 }
 
-static FolderState *state_get_locked(Cache *c, guint64 id)
+FolderState *cache_state_get_locked(Cache *c, guint64 id)
 {
 	FolderState *st = g_hash_table_lookup(c->states, &id);
 
@@ -105,7 +105,7 @@ static const char schema[] =
 	" flags TEXT NOT NULL, size INTEGER NOT NULL,"
 	" internaldate INTEGER NOT NULL, tz INTEGER NOT NULL,"
 	" modseq INTEGER NOT NULL, subject BLOB, name TEXT NOT NULL,"
-	" header BLOB,"
+	" header BLOB, hidden INTEGER NOT NULL DEFAULT 0,"
 	" UNIQUE (folder_id, uidvalidity, uid));";
 
 static gboolean db_open_once(Cache *c, const char *path, GError **error)
@@ -218,7 +218,7 @@ static gboolean make_dir(const char *path, GError **error)
 	return TRUE;
 }
 
-static guint64 *id_key(guint64 id)
+guint64 *cache_id_key(guint64 id)
 {
 	guint64 *k = g_new(guint64, 1);
 
@@ -250,13 +250,13 @@ static void load_folders(Cache *c)
 		if (!sqlite3_column_int(st, 6)) {
 			/* Implied by its children: no server name. */
 			g_hash_table_insert(c->folder_ids, g_strdup(f->raw),
-					    id_key(f->id));
+					    cache_id_key(f->id));
 			g_clear_pointer(&f->raw, g_free);
 		} else {
 			g_hash_table_insert(c->folder_ids, g_strdup(f->raw),
-					    id_key(f->id));
+					    cache_id_key(f->id));
 		}
-		g_hash_table_insert(c->folders, id_key(f->id), f);
+		g_hash_table_insert(c->folders, cache_id_key(f->id), f);
 	}
 	sqlite3_finalize(st);
 }
@@ -476,12 +476,13 @@ gboolean cache_refresh_folders(Cache *c, GError **error)
 			if (!last && g_hash_table_contains(seen, &id)) {
 				cache_folder_unref(f);
 			} else {
-				g_hash_table_insert(c->folders, id_key(id), f);
+				g_hash_table_insert(c->folders,
+						    cache_id_key(id), f);
 				g_hash_table_insert(c->folder_ids,
 						    g_strdup(prefix->str),
-						    id_key(id));
+						    cache_id_key(id));
 			}
-			g_hash_table_add(seen, id_key(id));
+			g_hash_table_add(seen, cache_id_key(id));
 			parent = id;
 		}
 	}
@@ -576,19 +577,7 @@ CacheFolder *cache_folder_lookup(Cache *c, guint64 parent_id, const char *name)
 
 /* ---- messages ---- */
 
-/* What a metadata FETCH brought for one message. */
-typedef struct {
-	guint32 uid;
-	guint32 has;
-	char *flags;
-	guint64 size;
-	gint64 date;
-	gint tz;
-	guint64 modseq;
-	GBytes *subject; /* NULL when not fetched */
-} Meta;
-
-static void meta_free(Meta *m)
+void cache_meta_free(Meta *m)
 {
 	g_free(m->flags);
 	if (m->subject)
@@ -686,7 +675,7 @@ static void batch_done_cb(ImapResult *result, const GError *error,
 	imap_result_free(result);
 }
 
-static gboolean run_batch(Cache *c, ImapCommand **cmds, guint n, GError **error)
+gboolean cache_run_batch(Cache *c, ImapCommand **cmds, guint n, GError **error)
 {
 	Batch b = {.left = n};
 
@@ -725,7 +714,7 @@ static GHashTable *load_messages_locked(Cache *c, guint64 folder_id,
 
 	sqlite3_prepare_v2(c->db,
 			   "SELECT id, uid, flags, size, internaldate, tz,"
-			   " modseq, name FROM messages"
+			   " modseq, name, hidden FROM messages"
 			   " WHERE folder_id = ?1 AND uidvalidity = ?2",
 			   -1, &st, NULL);
 	sqlite3_bind_int64(st, 1, (sqlite3_int64)folder_id);
@@ -743,6 +732,7 @@ static GHashTable *load_messages_locked(Cache *c, guint64 folder_id,
 		m->tz = sqlite3_column_int(st, 5);
 		m->modseq = (guint64)sqlite3_column_int64(st, 6);
 		m->name = g_strdup((const char *)sqlite3_column_text(st, 7));
+		m->hidden = sqlite3_column_int(st, 8) != 0;
 		g_hash_table_insert(out, GUINT_TO_POINTER(m->uid), m);
 	}
 	sqlite3_finalize(st);
@@ -764,8 +754,8 @@ static void drop_generation_locked(Cache *c, guint64 folder_id,
 	sqlite3_finalize(st);
 }
 
-static CacheMessage *insert_message_locked(Cache *c, guint64 folder_id,
-					   guint32 uidvalidity, const Meta *m)
+CacheMessage *cache_insert_message_locked(Cache *c, guint64 folder_id,
+					  guint32 uidvalidity, const Meta *m)
 {
 	sqlite3_stmt *st = NULL;
 	gsize slen = 0;
@@ -805,7 +795,7 @@ static CacheMessage *insert_message_locked(Cache *c, guint64 folder_id,
 	return cm;
 }
 
-static void update_flags_locked(Cache *c, CacheMessage *m)
+void cache_update_flags_locked(Cache *c, CacheMessage *m)
 {
 	sqlite3_stmt *st = NULL;
 
@@ -820,7 +810,7 @@ static void update_flags_locked(Cache *c, CacheMessage *m)
 	sqlite3_finalize(st);
 }
 
-static void delete_message_locked(Cache *c, CacheMessage *m)
+void cache_delete_message_locked(Cache *c, CacheMessage *m)
 {
 	sqlite3_stmt *st = NULL;
 	g_autofree char *path = cache_body_path(c, m);
@@ -882,8 +872,8 @@ static void sync_result_clear(SyncResult *sr)
 	g_clear_pointer(&sr->vanished, imap_uid_set_free);
 }
 
-static void install_messages_locked(Cache *c, FolderState *st, GPtrArray *msgs,
-				    guint32 uidvalidity)
+void cache_install_messages_locked(Cache *c, FolderState *st, GPtrArray *msgs,
+				   guint32 uidvalidity)
 {
 	g_ptr_array_sort(msgs, compare_message_names);
 	if (st->msgs) {
@@ -903,10 +893,16 @@ static void install_messages_locked(Cache *c, FolderState *st, GPtrArray *msgs,
 	for (guint i = 0; i < msgs->len; i++) {
 		CacheMessage *m = msgs->pdata[i];
 
+		if (m->hidden) {
+			/* Still on the server, flagged \Deleted by us:
+			 * known (not fetched again), never shown. */
+			g_ptr_array_remove_index(msgs, i--);
+			continue;
+		}
 		g_hash_table_insert(st->by_name, m->name, m);
-		g_hash_table_insert(st->index_of, id_key(m->id),
+		g_hash_table_insert(st->index_of, cache_id_key(m->id),
 				    GUINT_TO_POINTER(i + 1));
-		g_hash_table_insert(c->messages, id_key(m->id),
+		g_hash_table_insert(c->messages, cache_id_key(m->id),
 				    cache_message_ref(m));
 	}
 	st->uidvalidity = uidvalidity;
@@ -942,7 +938,7 @@ static void apply_sync(Cache *c, CacheFolder *f, FolderState *st,
 		    (sr->vanished &&
 		     imap_uid_set_contains(sr->vanished, uid))) {
 			g_ptr_array_add(removed, g_strdup(m->name));
-			delete_message_locked(c, m);
+			cache_delete_message_locked(c, m);
 			continue;
 		}
 		if (u && u->flags && g_strcmp0(u->flags, m->flags) != 0) {
@@ -952,7 +948,7 @@ static void apply_sync(Cache *c, CacheFolder *f, FolderState *st,
 			n->name = g_strdup(m->name);
 			n->flags = g_strdup(u->flags);
 			n->modseq = u->modseq;
-			update_flags_locked(c, n);
+			cache_update_flags_locked(c, n);
 			g_ptr_array_add(msgs, n);
 		} else {
 			g_ptr_array_add(msgs, cache_message_ref(m));
@@ -968,7 +964,7 @@ static void apply_sync(Cache *c, CacheFolder *f, FolderState *st,
 			     IMAP_FETCH_HAS_INTERNALDATE) ||
 		    g_hash_table_contains(known, k))
 			continue;
-		g_ptr_array_add(msgs, insert_message_locked(
+		g_ptr_array_add(msgs, cache_insert_message_locked(
 					      c, f->id, sr->uidvalidity, m));
 		added = TRUE;
 	}
@@ -986,7 +982,7 @@ static void apply_sync(Cache *c, CacheFolder *f, FolderState *st,
 	sqlite3_step(up);
 	sqlite3_finalize(up);
 	cache_db_exec(c, "COMMIT", NULL);
-	install_messages_locked(c, st, msgs, sr->uidvalidity);
+	cache_install_messages_locked(c, st, msgs, sr->uidvalidity);
 	c->counters.folder_syncs++;
 	notify = c->change_func;
 	notify_data = c->change_data;
@@ -1108,9 +1104,9 @@ static gboolean folder_sync(Cache *c, CacheFolder *f, FolderState *st,
 	sr.empty = (r->select.has & IMAP_STATUS_HAS_MESSAGES) &&
 		   r->select.exists == 0;
 	sr.updates = g_hash_table_new_full(NULL, NULL, NULL,
-					   (GDestroyNotify)meta_free);
+					   (GDestroyNotify)cache_meta_free);
 	sr.fresh = g_hash_table_new_full(NULL, NULL, NULL,
-					 (GDestroyNotify)meta_free);
+					 (GDestroyNotify)cache_meta_free);
 	if (!sr.uidvalidity) {
 		g_set_error(error, CACHE_ERROR, CACHE_ERROR_CORRUPT,
 			    "the server gave %s no UIDVALIDITY", f->raw);
@@ -1140,8 +1136,12 @@ static gboolean folder_sync(Cache *c, CacheFolder *f, FolderState *st,
 		gboolean changedsince = condstore && row.highestmodseq;
 
 		all.by_uid = sr.updates;
+		/* Up to max_known only: the scopes of FETCH commands in
+		 * flight together must not overlap (see conn_route_fetch). */
+		g_autofree char *upto = g_strdup_printf("1:%u", max_known);
+
 		cmds[ncmds] = imap_cmd_uid_fetch(
-			f->raw, sr.uidvalidity, "1:*",
+			f->raw, sr.uidvalidity, upto,
 			condstore ? "UID FLAGS MODSEQ" : "UID FLAGS",
 			changedsince ? row.highestmodseq : 0);
 		imap_command_set_untagged(cmds[ncmds++], meta_untagged_cb,
@@ -1171,7 +1171,7 @@ static gboolean folder_sync(Cache *c, CacheFolder *f, FolderState *st,
 		imap_command_set_untagged(cmds[ncmds++], meta_untagged_cb,
 					  &fresh);
 	}
-	ok = run_batch(c, cmds, ncmds, error);
+	ok = cache_run_batch(c, cmds, ncmds, error);
 	for (guint i = 0; i < ncmds; i++)
 		imap_command_unref(cmds[i]);
 	if (ok)
@@ -1200,13 +1200,13 @@ static gboolean folder_load_offline(Cache *c, CacheFolder *f, FolderState *st)
 	g_hash_table_iter_init(&it, known);
 	while (g_hash_table_iter_next(&it, NULL, &v))
 		g_ptr_array_add(msgs, cache_message_ref(v));
-	install_messages_locked(c, st, msgs, row.uidvalidity);
+	cache_install_messages_locked(c, st, msgs, row.uidvalidity);
 	g_mutex_unlock(&c->lock);
 	return TRUE;
 }
 
-static FolderState *folder_fresh(Cache *c, guint64 folder_id,
-				 CacheFolder **folder_out, GError **error)
+FolderState *cache_folder_fresh(Cache *c, guint64 folder_id,
+				CacheFolder **folder_out, GError **error)
 {
 	g_autoptr(CacheFolder) f = cache_folder_get(c, folder_id);
 	FolderState *st;
@@ -1217,7 +1217,7 @@ static FolderState *folder_fresh(Cache *c, guint64 folder_id,
 		return NULL;
 	}
 	g_mutex_lock(&c->lock);
-	st = state_get_locked(c, folder_id);
+	st = cache_state_get_locked(c, folder_id);
 	g_mutex_unlock(&c->lock);
 	g_mutex_lock(&st->sync_lock);
 	if (!st->fresh && g_get_monotonic_time() >= st->retry_at) {
@@ -1280,9 +1280,20 @@ GArray *cache_watched_folders(Cache *c)
 	return out;
 }
 
+void cache_folder_mark_stale(Cache *c, guint64 folder_id)
+{
+	FolderState *st;
+
+	g_mutex_lock(&c->lock);
+	st = g_hash_table_lookup(c->states, &folder_id);
+	if (st)
+		st->fresh = FALSE;
+	g_mutex_unlock(&c->lock);
+}
+
 GPtrArray *cache_folder_messages(Cache *c, guint64 folder_id, GError **error)
 {
-	FolderState *st = folder_fresh(c, folder_id, NULL, error);
+	FolderState *st = cache_folder_fresh(c, folder_id, NULL, error);
 	GPtrArray *out;
 
 	if (!st)
@@ -1308,7 +1319,7 @@ CacheMessage *cache_message_get(Cache *c, guint64 id)
 CacheMessage *cache_message_lookup(Cache *c, guint64 folder_id,
 				   const char *name, GError **error)
 {
-	FolderState *st = folder_fresh(c, folder_id, NULL, error);
+	FolderState *st = cache_folder_fresh(c, folder_id, NULL, error);
 	CacheMessage *m = NULL;
 
 	if (!st)

@@ -28,6 +28,10 @@ typedef enum {
 	CACHE_ERROR_IO, /* local disk trouble */
 	CACHE_ERROR_CORRUPT, /* server data we cannot trust */
 	CACHE_ERROR_READONLY,
+	CACHE_ERROR_INVALID, /* a name or flag that cannot be used */
+	CACHE_ERROR_CONFLICT, /* another client changed it first */
+	CACHE_ERROR_NOT_EMPTY, /* a folder with messages or subfolders */
+	CACHE_ERROR_PERMISSION, /* not allowed (renaming INBOX) */
 } CacheErrorCode;
 
 typedef enum {
@@ -40,6 +44,7 @@ typedef struct {
 	char *dir; /* created with mode 0700 */
 	CacheKeep keep;
 	guint64 size_limit; /* bytes of bodies; 0 = unlimited */
+	gboolean readonly; /* every change fails with CACHE_ERROR_READONLY */
 } CacheConfig;
 
 typedef struct _Cache Cache;
@@ -65,6 +70,7 @@ typedef struct {
 	guint64 modseq;
 	char *name; /* file name, see cache/names.h */
 	char *flags; /* "\Seen $Label1" */
+	gboolean hidden; /* flagged \Deleted by us without UIDPLUS: not shown */
 } CacheMessage;
 
 CacheFolder *cache_folder_ref(CacheFolder *f);
@@ -134,6 +140,34 @@ typedef void (*CacheChangeFunc)(guint64 folder_id, const GPtrArray *removed,
 				gboolean added, gpointer user_data);
 void cache_set_change_func(Cache *cache, CacheChangeFunc func,
 			   gpointer user_data);
+
+/* ---- Changes (server first, then the index; see write.c) ---- */
+
+/* Move a message to another folder; returns the message there when the
+ * server told its new UID (COPYUID), else NULL with no error (the next
+ * listing of the destination shows it). */
+CacheMessage *cache_message_move(Cache *cache, guint64 message_id,
+				 guint64 dest_folder_id, GError **error);
+/* \Deleted + UID EXPUNGE of this message only; with @to_trash, a move to
+ * the \Trash folder instead (when there is one and it is elsewhere). */
+gboolean cache_message_delete(Cache *cache, guint64 message_id,
+			      gboolean to_trash, GError **error);
+/* Set the flags to exactly @flags ("\Seen $Label1"); UNCHANGEDSINCE with
+ * CONDSTORE (CACHE_ERROR_CONFLICT if another client got there first). */
+gboolean cache_message_set_flags(Cache *cache, guint64 message_id,
+				 const char *flags, GError **error);
+/* APPEND @msg with @flags (may be NULL) and the date of its Date header
+ * (else now). Returns the new message when the server told its UID. */
+CacheMessage *cache_message_append(Cache *cache, guint64 folder_id, GBytes *msg,
+				   const char *flags, GError **error);
+guint64 cache_special_folder(Cache *cache, guint32 attr);
+CacheFolder *cache_folder_create(Cache *cache, guint64 parent_id,
+				 const char *name, GError **error);
+/* CACHE_ERROR_NOT_EMPTY when it holds messages or subfolders. */
+gboolean cache_folder_delete(Cache *cache, guint64 folder_id, GError **error);
+gboolean cache_folder_rename(Cache *cache, guint64 folder_id,
+			     guint64 new_parent_id, const char *new_name,
+			     GError **error);
 
 /* statfs: messages known, bytes of bodies on disk, quota (KiB, 0 if the
  * server has none). */
