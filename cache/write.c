@@ -210,7 +210,11 @@ CacheMessage *cache_message_move(Cache *c, guint64 message_id, guint64 dest_id,
 	find_copyuid(r, &new_uv, m->uid, &new_uid);
 
 	gboolean hidden = FALSE;
+	g_autoptr(GBytes) subject = NULL;
 
+	g_mutex_lock(&c->lock);
+	subject = subject_of_row(c, m->id); /* before the row goes */
+	g_mutex_unlock(&c->lock);
 	if (!use_move) {
 		/* The copy is there: only now may the source go. */
 		g_autoptr(GError) local = NULL;
@@ -237,12 +241,10 @@ CacheMessage *cache_message_move(Cache *c, guint64 message_id, guint64 dest_id,
 			     .tz = m->tz};
 		g_autofree char *old_path = cache_body_path(c, m);
 
+		meta.subject = subject;
 		g_mutex_lock(&c->lock);
-		meta.subject = subject_of_row(c, m->id);
 		moved = add_known_locked(c, dest_id, new_uv, &meta);
 		g_mutex_unlock(&c->lock);
-		if (meta.subject)
-			g_bytes_unref(meta.subject);
 		if (moved) {
 			g_autofree char *new_path = cache_body_path(c, moved);
 			g_autofree char *dir = g_path_get_dirname(new_path);

@@ -18,6 +18,7 @@ typedef struct {
 	CacheKeep cache_keep;
 	guint64 cache_size;
 	gboolean ro;
+	gboolean delete_to_trash; /* -o delete=trash */
 	gboolean offline; /* don't connect before mounting */
 	guint poll_s; /* revalidate folders in use this often; 0: never */
 	gboolean check; /* --check: probe the server and exit */
@@ -51,6 +52,12 @@ typedef struct {
 	gid_t gid;
 	time_t mount_time;
 	gint ops[FS_OP_COUNT];
+	gboolean delete_to_trash;
+	/* local.c */
+	GMutex local_lock;
+	GHashTable *locals; /* ino -> LocalFile * */
+	GHashTable *hidden; /* message ids shown as a shadow instead */
+	guint64 next_local;
 	/* watch.c */
 	struct fuse_session *se;
 	guint poll_s;
@@ -61,6 +68,51 @@ typedef struct {
 	GCond poll_cond;
 	gboolean stopping;
 } Fs;
+
+/* A file that exists only in this mount (local.c). */
+typedef struct {
+	gint ref;
+	fuse_ino_t ino;
+	guint64 folder_id; /* 0: the top level */
+	char *name;
+	int fd; /* its bytes, or -1 for a shadow that reads its message */
+	char *path; /* the temp file behind fd */
+	guint64 shadow_of; /* message it stands for (an editor's backup) */
+	char *shadow_name; /* that message's file name */
+	guint64 replaces; /* message to expunge once this is uploaded */
+	char *flags; /* user.imap.flags set before the upload */
+	gboolean dirty; /* written since the last upload */
+	gboolean unlinked;
+	mode_t mode;
+	struct timespec mtime;
+} LocalFile;
+
+void fs_local_init(Fs *fs);
+void fs_local_clear(Fs *fs);
+LocalFile *fs_local_ref(LocalFile *lf);
+void fs_local_unref(LocalFile *lf);
+gboolean fs_ino_is_local(fuse_ino_t ino);
+LocalFile *fs_local_get(Fs *fs, fuse_ino_t ino);
+LocalFile *fs_local_lookup(Fs *fs, guint64 folder_id, const char *name);
+GPtrArray *fs_local_list(Fs *fs, guint64 folder_id);
+LocalFile *fs_local_create(Fs *fs, guint64 folder_id, const char *name,
+			   mode_t mode, GError **error);
+LocalFile *fs_local_shadow(Fs *fs, guint64 folder_id, const char *name,
+			   const CacheMessage *m);
+gboolean fs_local_fill(Fs *fs, LocalFile *lf, guint64 message_id,
+		       GError **error);
+gboolean fs_local_materialize(Fs *fs, LocalFile *lf, GError **error);
+/* Drop the kernel's entry @name in folder @folder_id (and its listing). */
+void fs_invalidate(Fs *fs, guint64 folder_id, const char *name);
+void fs_local_forget_shadow(Fs *fs, LocalFile *lf);
+void fs_local_unlink(Fs *fs, LocalFile *lf);
+void fs_local_rename(Fs *fs, LocalFile *lf, guint64 folder_id,
+		     const char *name);
+gboolean fs_local_is_hidden(Fs *fs, guint64 message_id);
+GPtrArray *fs_local_shadows_of(Fs *fs, guint64 folder_id, const char *name);
+void fs_local_stat(Fs *fs, LocalFile *lf, struct stat *st);
+gboolean fs_is_scratch_name(const char *name);
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(LocalFile, fs_local_unref)
 
 fuse_ino_t fs_folder_ino(guint64 folder_id);
 void fs_watch_start(Fs *fs);

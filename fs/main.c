@@ -37,6 +37,7 @@ typedef struct {
 	unsigned timeout;
 	unsigned max_connections;
 	char *poll;
+	char *delete;
 	int offline;
 	int check;
 	int debug;
@@ -73,6 +74,7 @@ static const struct fuse_opt option_spec[] = {
 	OPT("cache_dir=%s", cache_dir),
 	OPT("poll=%s", poll),
 	OPT("offline", offline),
+	OPT("delete=%s", delete),
 	OPT("cache=%s", cache),
 	OPT("cache_size=%s", cache_size),
 	/* Also handed to the kernel: keep them (FUSE_OPT_KEY). */
@@ -334,6 +336,14 @@ static gboolean options_from_raw(RawOptions *raw, FsOptions *opts,
 	opts->foreground = raw->foreground || raw->debug;
 	opts->ro = raw->ro;
 	opts->offline = raw->offline;
+	if (raw->delete &&g_str_equal(raw->delete, "trash")) {
+		opts->delete_to_trash = TRUE;
+	} else if (raw->delete &&!g_str_equal(raw->delete, "expunge")) {
+		g_set_error(error, G_OPTION_ERROR, G_OPTION_ERROR_BAD_VALUE,
+			    "delete must be expunge or trash, not %s",
+			    raw->delete);
+		return FALSE;
+	}
 	if (raw->password) {
 		g_set_error(
 			error, G_OPTION_ERROR, G_OPTION_ERROR_BAD_VALUE,
@@ -463,6 +473,7 @@ static void raw_clear(RawOptions *raw)
 	g_free(raw->cache);
 	g_free(raw->cache_size);
 	g_free(raw->poll);
+	g_free(raw->delete);
 	if (raw->password)
 		explicit_bzero(raw->password, strlen(raw->password));
 	g_free(raw->password);
@@ -556,7 +567,8 @@ static int fs_mount(FsOptions *opts, struct fuse_args *args)
 	g_autoptr(Cache) cache = NULL;
 	CacheConfig ccfg = {.dir = opts->cache_dir,
 			    .keep = opts->cache_keep,
-			    .size_limit = opts->cache_size};
+			    .size_limit = opts->cache_size,
+			    .readonly = opts->ro};
 	Fs fs = {.ro = opts->ro,
 		 .uid = getuid(),
 		 .gid = getgid(),
@@ -595,6 +607,8 @@ static int fs_mount(FsOptions *opts, struct fuse_args *args)
 	}
 	fs.cache = cache;
 	fs.poll_s = opts->poll_s;
+	fs.delete_to_trash = opts->delete_to_trash;
+	fs_local_init(&fs);
 
 	/* fuse_opt splits at commas; the account may hold one. */
 	g_strdelimit(opts->account, ",\\", '_');
@@ -629,6 +643,7 @@ static int fs_mount(FsOptions *opts, struct fuse_args *args)
 	fuse_loop_cfg_destroy(loop);
 	fs_watch_stop(&fs);
 	fuse_session_unmount(se);
+	fs_local_clear(&fs);
 	fuse_remove_signal_handlers(se);
 	fuse_session_destroy(se);
 	return status;

@@ -11,6 +11,7 @@
 #include <fuse_lowlevel.h>
 
 #include <errno.h>
+#include <linux/fs.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
@@ -55,8 +56,18 @@ int errno_from_error(const GError *error)
 		case CACHE_ERROR_IO:
 		case CACHE_ERROR_CORRUPT:
 			return EIO;
+		case CACHE_ERROR_INVALID:
+			return EINVAL;
+		case CACHE_ERROR_CONFLICT:
+			return EAGAIN;
+		case CACHE_ERROR_NOT_EMPTY:
+			return ENOTEMPTY;
+		case CACHE_ERROR_PERMISSION:
+			return EPERM;
 		}
 	}
+	if (error->domain == CACHE_NAME_ERROR)
+		return EINVAL;
 	if (error->domain == IMAP_ERROR) {
 		switch ((ImapErrorCode)error->code) {
 		case IMAP_ERROR_CONNECT:
@@ -102,7 +113,17 @@ static fuse_ino_t folder_ino(guint64 id)
 
 fuse_ino_t fs_folder_ino(guint64 folder_id)
 {
-	return folder_ino(folder_id);
+	return folder_id ? folder_ino(folder_id) : FUSE_ROOT_ID;
+}
+
+/* The folder id of a directory inode (0 for the root), or -1. */
+static gint64 dir_folder(fuse_ino_t ino)
+{
+	if (ino == FUSE_ROOT_ID)
+		return 0;
+	if (ino >= INO_FOLDER_BASE && ino < INO_MSG_BASE)
+		return (gint64)(ino - INO_FOLDER_BASE);
+	return -1;
 }
 
 static fuse_ino_t message_ino(guint64 id)
@@ -158,24 +179,36 @@ static gboolean ino_is_message(fuse_ino_t ino)
 	return ino >= INO_MSG_BASE;
 }
 
+static void local_entry(Fs *fs, LocalFile *lf, struct fuse_entry_param *e)
+{
+	e->ino = lf->ino;
+	fs_local_stat(fs, lf, &e->attr);
+	/* Local files change under the kernel's nose: no caching. */
+	e->attr_timeout = 0;
+	e->entry_timeout = 0;
+}
+
 static void fs_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 {
 	Fs *fs = fs_of(req);
-	guint64 parent_id = 0;
+	gint64 parent_id = dir_folder(parent);
 	struct fuse_entry_param e = {.attr_timeout = ATTR_TIMEOUT,
 				     .entry_timeout = ENTRY_TIMEOUT};
 	g_autoptr(CacheFolder) f = NULL;
 	g_autoptr(CacheFolder) pf = NULL;
 	g_autoptr(CacheMessage) m = NULL;
+	g_autoptr(LocalFile) lf = NULL;
 	g_autoptr(GError) error = NULL;
 
 	count_op(fs, FS_OP_LOOKUP);
-	if (ino_is_folder(parent))
-		parent_id = parent - INO_FOLDER_BASE;
-	else if (parent != FUSE_ROOT_ID)
+	if (parent_id < 0)
 		return (void)fuse_reply_err(req, ENOTDIR);
-
-	f = cache_folder_lookup(fs->cache, parent_id, name);
+	lf = fs_local_lookup(fs, (guint64)parent_id, name);
+	if (lf) {
+		local_entry(fs, lf, &e);
+		return (void)fuse_reply_entry(req, &e);
+	}
+	f = cache_folder_lookup(fs->cache, (guint64)parent_id, name);
 	if (f) {
 		e.ino = folder_ino(f->id);
 		folder_stat(fs, f, &e.attr);
@@ -183,12 +216,14 @@ static void fs_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 	}
 	if (!parent_id || !cache_is_message_name(name))
 		return (void)fuse_reply_err(req, ENOENT);
-	pf = cache_folder_get(fs->cache, parent_id);
+	pf = cache_folder_get(fs->cache, (guint64)parent_id);
 	if (!pf || !pf->selectable)
 		return (void)fuse_reply_err(req, ENOENT);
-	m = cache_message_lookup(fs->cache, parent_id, name, &error);
+	m = cache_message_lookup(fs->cache, (guint64)parent_id, name, &error);
 	if (!m)
 		return reply_error(req, error);
+	if (fs_local_is_hidden(fs, m->id))
+		return (void)fuse_reply_err(req, ENOENT);
 	e.ino = message_ino(m->id);
 	message_stat(fs, m, &e.attr);
 	fuse_reply_entry(req, &e);
@@ -199,10 +234,18 @@ static void fs_getattr(fuse_req_t req, fuse_ino_t ino,
 {
 	Fs *fs = fs_of(req);
 	struct stat st;
+	double timeout = ATTR_TIMEOUT;
 
 	count_op(fs, FS_OP_GETATTR);
 	if (ino == FUSE_ROOT_ID) {
 		folder_stat(fs, NULL, &st);
+	} else if (fs_ino_is_local(ino)) {
+		g_autoptr(LocalFile) lf = fs_local_get(fs, ino);
+
+		if (!lf)
+			return (void)fuse_reply_err(req, ENOENT);
+		fs_local_stat(fs, lf, &st);
+		timeout = 0;
 	} else if (ino_is_folder(ino)) {
 		g_autoptr(CacheFolder) f =
 			cache_folder_get(fs->cache, ino - INO_FOLDER_BASE);
@@ -218,7 +261,7 @@ static void fs_getattr(fuse_req_t req, fuse_ino_t ino,
 			return (void)fuse_reply_err(req, ENOENT);
 		message_stat(fs, m, &st);
 	}
-	fuse_reply_attr(req, &st, ATTR_TIMEOUT);
+	fuse_reply_attr(req, &st, timeout);
 }
 
 /* ---- directories ---- */
@@ -262,6 +305,7 @@ static void fs_opendir(fuse_req_t req, fuse_ino_t ino,
 	} else if (ino != FUSE_ROOT_ID) {
 		return (void)fuse_reply_err(req, ENOTDIR);
 	}
+	fi->cache_readdir = 1;
 	folder_stat(fs, self, &st);
 	dir_add(entries, ".", &st);
 	dir_add(entries, "..", &st);
@@ -279,14 +323,30 @@ static void fs_opendir(fuse_req_t req, fuse_ino_t ino,
 		if (!msgs)
 			return reply_error(req, error);
 		for (guint i = 0; i < msgs->len; i++) {
-			message_stat(fs, msgs->pdata[i], &st);
-			dir_add(entries, ((CacheMessage *)msgs->pdata[i])->name,
-				&st);
+			CacheMessage *m = msgs->pdata[i];
+
+			if (fs_local_is_hidden(fs, m->id))
+				continue;
+			message_stat(fs, m, &st);
+			dir_add(entries, m->name, &st);
 		}
 	}
+	{
+		g_autoptr(GPtrArray) locals = fs_local_list(fs, id);
+
+		for (guint i = 0; i < locals->len; i++) {
+			LocalFile *lf = locals->pdata[i];
+
+			fs_local_stat(fs, lf, &st);
+			dir_add(entries, lf->name, &st);
+		}
+		/* Local files come and go: don't let the kernel keep the
+		 * listing of a folder that has some. */
+		if (locals->len)
+			fi->cache_readdir = 0;
+	}
 	fi->fh = (uint64_t)(uintptr_t)g_steal_pointer(&entries);
-	fi->cache_readdir = 1;
-	fi->keep_cache = 1;
+	fi->keep_cache = fi->cache_readdir;
 	fuse_reply_open(req, fi);
 }
 
@@ -347,47 +407,342 @@ static void fs_releasedir(fuse_req_t req, fuse_ino_t ino,
 
 /* ---- files ---- */
 
+/* What an open file handle points at. */
+typedef struct {
+	CacheBody *body; /* a message, or a shadow's message */
+	LocalFile *local; /* a local file */
+} Handle;
+
+static Handle *handle_of(struct fuse_file_info *fi)
+{
+	return (Handle *)(uintptr_t)fi->fh;
+}
+
+static void handle_free(Handle *h)
+{
+	cache_body_close(h->body);
+	fs_local_unref(h->local);
+	g_free(h);
+}
+
+/*
+ * A message opened for writing (nano saves in place) becomes a local file
+ * that replaces the message once it is uploaded: until then the message
+ * stays on the server untouched.
+ */
+static LocalFile *rewrite_message(Fs *fs, guint64 message_id, gboolean trunc,
+				  GError **error)
+{
+	g_autoptr(CacheMessage) m = cache_message_get(fs->cache, message_id);
+	g_autoptr(LocalFile) lf = NULL;
+
+	if (!m) {
+		g_set_error(error, CACHE_ERROR, CACHE_ERROR_NOT_FOUND,
+			    "no such message");
+		return NULL;
+	}
+	lf = fs_local_create(fs, m->folder_id, m->name, 0644, error);
+	if (!lf)
+		return NULL;
+	if (!trunc && !fs_local_fill(fs, lf, m->id, error)) {
+		fs_local_unlink(fs, lf);
+		return NULL;
+	}
+	lf->replaces = m->id;
+	lf->flags = g_strdup(m->flags);
+	lf->dirty = trunc;
+	return g_steal_pointer(&lf);
+}
+
 static void fs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
 	Fs *fs = fs_of(req);
 	g_autoptr(GError) error = NULL;
-	CacheBody *body;
+	gboolean writing =
+		(fi->flags & O_ACCMODE) != O_RDONLY || (fi->flags & O_TRUNC);
+	Handle *h = g_new0(Handle, 1);
 
 	count_op(fs, FS_OP_OPEN);
-	if (!ino_is_message(ino))
+	if (writing && fs->ro) {
+		g_free(h);
+		return (void)fuse_reply_err(req, EROFS);
+	}
+	if (fs_ino_is_local(ino)) {
+		h->local = fs_local_get(fs, ino);
+		if (!h->local) {
+			g_free(h);
+			return (void)fuse_reply_err(req, ENOENT);
+		}
+		if (h->local->shadow_of && !writing) {
+			h->body = cache_body_open(fs->cache,
+						  h->local->shadow_of, NULL);
+		} else if (h->local->shadow_of &&
+			   !fs_local_materialize(fs, h->local, &error)) {
+			handle_free(h);
+			return reply_error(req, error);
+		}
+		if ((fi->flags & O_TRUNC) && h->local->fd >= 0) {
+			if (ftruncate(h->local->fd, 0) == 0)
+				h->local->dirty = TRUE;
+		}
+		fi->direct_io = 1;
+	} else if (ino_is_message(ino)) {
+		if (writing) {
+			h->local = rewrite_message(fs, ino - INO_MSG_BASE,
+						   (fi->flags & O_TRUNC) != 0,
+						   &error);
+			if (!h->local) {
+				g_free(h);
+				return reply_error(req, error);
+			}
+			fi->direct_io = 1;
+		} else {
+			h->body = cache_body_open(fs->cache, ino - INO_MSG_BASE,
+						  &error);
+			if (!h->body) {
+				g_free(h);
+				return reply_error(req, error);
+			}
+			/* The bytes of a message never change: keep the
+			 * page cache. */
+			fi->keep_cache = 1;
+			fi->noflush = 1;
+		}
+	} else {
+		g_free(h);
 		return (void)fuse_reply_err(req, EISDIR);
-	if ((fi->flags & O_ACCMODE) != O_RDONLY || (fi->flags & O_TRUNC))
-		return (void)fuse_reply_err(req, fs->ro ? EROFS : EACCES);
-	body = cache_body_open(fs->cache, ino - INO_MSG_BASE, &error);
-	if (!body)
-		return reply_error(req, error);
-	fi->fh = (uint64_t)(uintptr_t)body;
-	/* The bytes of a message never change: keep the page cache. */
-	fi->keep_cache = 1;
-	fi->noflush = 1;
+	}
+	fi->fh = (uint64_t)(uintptr_t)h;
 	fuse_reply_open(req, fi);
 }
 
 static void fs_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 		    struct fuse_file_info *fi)
 {
-	CacheBody *body = (CacheBody *)(uintptr_t)fi->fh;
+	Handle *h = handle_of(fi);
 	g_autoptr(GError) error = NULL;
 	g_autofree char *buf = g_malloc(size);
 	gssize n;
 
 	count_op(fs_of(req), FS_OP_READ);
-	n = cache_body_read(body, buf, size, off, &error);
+	if (h->local && h->local->fd >= 0) {
+		n = pread(h->local->fd, buf, size, off);
+		if (n < 0)
+			return (void)fuse_reply_err(req, errno);
+		return (void)fuse_reply_buf(req, buf, (size_t)n);
+	}
+	if (!h->body)
+		return (void)fuse_reply_err(req, EIO);
+	n = cache_body_read(h->body, buf, size, off, &error);
 	if (n < 0)
 		return reply_error(req, error);
 	fuse_reply_buf(req, buf, (size_t)n);
 }
 
+static void fs_write(fuse_req_t req, fuse_ino_t ino, const char *buf,
+		     size_t size, off_t off, struct fuse_file_info *fi)
+{
+	Handle *h = handle_of(fi);
+	ssize_t n;
+
+	count_op(fs_of(req), FS_OP_MODIFY);
+	if (!h->local || h->local->fd < 0)
+		return (void)fuse_reply_err(req, EBADF);
+	n = pwrite(h->local->fd, buf, size, off);
+	if (n < 0)
+		return (void)fuse_reply_err(req, errno);
+	h->local->dirty = TRUE;
+	clock_gettime(CLOCK_REALTIME, &h->local->mtime);
+	fuse_reply_write(req, (size_t)n);
+}
+
+/* IMAP wants CRLF line ends: a file saved with bare LFs gets CRs. */
+static GBytes *read_for_upload(LocalFile *lf, GError **error)
+{
+	g_autofree char *data = NULL;
+	gsize len = 0;
+	GString *out;
+
+	if (!g_file_get_contents(lf->path, &data, &len, error))
+		return NULL;
+	out = g_string_sized_new(len + len / 32 + 2);
+	for (gsize i = 0; i < len; i++) {
+		if (data[i] == '\n' && (i == 0 || data[i - 1] != '\r'))
+			g_string_append_c(out, '\r');
+		g_string_append_c(out, data[i]);
+	}
+	return g_string_free_to_bytes(out);
+}
+
+/*
+ * Store a local *.eml file on the server: APPEND first; only then expunge
+ * what it replaces (an in-place rewrite) and the messages that editors'
+ * backups stood for. If the APPEND fails nothing else happens: the old
+ * version stays.
+ */
+static gboolean local_upload(Fs *fs, LocalFile *lf, GError **error)
+{
+	g_autoptr(GBytes) bytes = NULL;
+	g_autoptr(CacheMessage) m = NULL;
+	g_autoptr(GPtrArray) shadows = NULL;
+	g_autoptr(GError) local = NULL;
+
+	if (!lf->dirty || lf->fd < 0 || fs_is_scratch_name(lf->name) ||
+	    lf->unlinked)
+		return TRUE;
+	if (!(bytes = read_for_upload(lf, error)))
+		return FALSE;
+	if (g_bytes_get_size(bytes) == 0)
+		return TRUE; /* nothing to store (yet) */
+	m = cache_message_append(fs->cache, lf->folder_id, bytes, lf->flags,
+				 &local);
+	if (local) {
+		g_propagate_error(error, g_steal_pointer(&local));
+		return FALSE;
+	}
+	lf->dirty = FALSE;
+	if (lf->replaces &&
+	    !cache_message_delete(fs->cache, lf->replaces, FALSE, &local)) {
+		g_warning("stored the new version, but the old message "
+			  "stays: %s",
+			  local->message);
+		g_clear_error(&local);
+	}
+	shadows = fs_local_shadows_of(fs, lf->folder_id, lf->name);
+	for (guint i = 0; i < shadows->len; i++) {
+		LocalFile *sh = shadows->pdata[i];
+		guint64 old = sh->shadow_of;
+
+		/* The backup keeps its bytes here; the old message goes. */
+		if (!fs_local_materialize(fs, sh, &local)) {
+			g_warning("keeping the old message: %s",
+				  local->message);
+			g_clear_error(&local);
+			continue;
+		}
+		fs_local_forget_shadow(fs, sh);
+		if (!cache_message_delete(fs->cache, old, FALSE, &local)) {
+			g_warning("could not remove the old version: %s",
+				  local->message);
+			g_clear_error(&local);
+		}
+	}
+	/* Later writes to the same handle store a newer version again. */
+	lf->replaces = m ? m->id : 0;
+	return TRUE;
+}
+
+static void fs_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	Fs *fs = fs_of(req);
+	Handle *h = handle_of(fi);
+	g_autoptr(GError) error = NULL;
+
+	if (h->local && !local_upload(fs, h->local, &error))
+		return reply_error(req, error);
+	fuse_reply_err(req, 0);
+}
+
+static void fs_fsync(fuse_req_t req, fuse_ino_t ino, int datasync,
+		     struct fuse_file_info *fi)
+{
+	Handle *h = handle_of(fi);
+
+	if (h->local && h->local->fd >= 0 && fsync(h->local->fd) < 0)
+		return (void)fuse_reply_err(req, errno);
+	fuse_reply_err(req, 0);
+}
+
 static void fs_release(fuse_req_t req, fuse_ino_t ino,
 		       struct fuse_file_info *fi)
 {
-	cache_body_close((CacheBody *)(uintptr_t)fi->fh);
+	Fs *fs = fs_of(req);
+	Handle *h = handle_of(fi);
+
+	if (h->local && !fs_is_scratch_name(h->local->name) &&
+	    !h->local->dirty && !h->local->shadow_of && !h->local->unlinked &&
+	    h->local->fd >= 0 && lseek(h->local->fd, 0, SEEK_END) > 0) {
+		/* Uploaded: the message shows under its own name now. */
+		fs_local_unlink(fs, h->local);
+		fs_invalidate(fs, h->local->folder_id, h->local->name);
+	}
+	handle_free(h);
 	fuse_reply_err(req, 0);
+}
+
+static void fs_create(fuse_req_t req, fuse_ino_t parent, const char *name,
+		      mode_t mode, struct fuse_file_info *fi)
+{
+	Fs *fs = fs_of(req);
+	gint64 folder = dir_folder(parent);
+	struct fuse_entry_param e = {0};
+	g_autoptr(GError) error = NULL;
+	g_autoptr(CacheFolder) f = NULL;
+	Handle *h;
+
+	count_op(fs, FS_OP_MODIFY);
+	if (fs->ro)
+		return (void)fuse_reply_err(req, EROFS);
+	if (folder < 0)
+		return (void)fuse_reply_err(req, ENOTDIR);
+	if (!fs_is_scratch_name(name)) {
+		/* A message needs a folder that can hold messages. */
+		f = folder ? cache_folder_get(fs->cache, (guint64)folder)
+			   : NULL;
+		if (!f || !f->selectable)
+			return (void)fuse_reply_err(req, EPERM);
+	}
+	h = g_new0(Handle, 1);
+	h->local = fs_local_create(fs, (guint64)folder, name, mode, &error);
+	if (!h->local) {
+		g_free(h);
+		return reply_error(req, error);
+	}
+	h->local->dirty = !fs_is_scratch_name(name);
+	local_entry(fs, h->local, &e);
+	fi->fh = (uint64_t)(uintptr_t)h;
+	fi->direct_io = 1;
+	fuse_reply_create(req, &e, fi);
+}
+
+static void fs_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr,
+		       int to_set, struct fuse_file_info *fi)
+{
+	Fs *fs = fs_of(req);
+	g_autoptr(LocalFile) lf = NULL;
+	struct stat st;
+
+	count_op(fs, FS_OP_MODIFY);
+	if (fs->ro)
+		return (void)fuse_reply_err(req, EROFS);
+	if (!fs_ino_is_local(ino)) {
+		/* Messages are what the server has: no mode, owner, times
+		 * or size of our own. */
+		return (void)fuse_reply_err(req, EPERM);
+	}
+	lf = fs_local_get(fs, ino);
+	if (!lf)
+		return (void)fuse_reply_err(req, ENOENT);
+	if (to_set & (FUSE_SET_ATTR_UID | FUSE_SET_ATTR_GID)) {
+		if (((to_set & FUSE_SET_ATTR_UID) && attr->st_uid != fs->uid) ||
+		    ((to_set & FUSE_SET_ATTR_GID) && attr->st_gid != fs->gid))
+			return (void)fuse_reply_err(req, EPERM);
+	}
+	if (to_set & FUSE_SET_ATTR_SIZE) {
+		if (lf->shadow_of)
+			return (void)fuse_reply_err(req, EPERM);
+		if (ftruncate(lf->fd, attr->st_size) < 0)
+			return (void)fuse_reply_err(req, errno);
+		lf->dirty = TRUE;
+	}
+	if (to_set & FUSE_SET_ATTR_MODE)
+		lf->mode = attr->st_mode & 07777;
+	if (to_set & FUSE_SET_ATTR_MTIME_NOW)
+		clock_gettime(CLOCK_REALTIME, &lf->mtime);
+	else if (to_set & FUSE_SET_ATTR_MTIME)
+		lf->mtime = attr->st_mtim;
+	fs_local_stat(fs, lf, &st);
+	fuse_reply_attr(req, &st, 0);
 }
 
 /* ---- xattrs ---- */
@@ -425,6 +780,13 @@ static char *format_internaldate(const CacheMessage *m)
 
 static char *xattr_value(Fs *fs, fuse_ino_t ino, const char *name)
 {
+	if (fs_ino_is_local(ino)) {
+		g_autoptr(LocalFile) lf = fs_local_get(fs, ino);
+
+		if (lf && lf->flags && strcmp(name, "user.imap.flags") == 0)
+			return g_strdup(lf->flags);
+		return NULL;
+	}
 	if (ino == FUSE_ROOT_ID) {
 		if (strcmp(name, "user.imapfs.counters") == 0) {
 			GString *out = g_string_new(NULL);
@@ -499,6 +861,11 @@ static void fs_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size)
 	count_op(fs, FS_OP_LISTXATTR);
 	if (ino == FUSE_ROOT_ID) {
 		g_string_append_len(list, "user.imapfs.counters", 21);
+	} else if (fs_ino_is_local(ino)) {
+		g_autofree char *v = xattr_value(fs, ino, "user.imap.flags");
+
+		if (v)
+			g_string_append_len(list, "user.imap.flags", 16);
 	} else if (ino_is_folder(ino)) {
 		g_autofree char *v = xattr_value(fs, ino, "user.imap.folder");
 
@@ -513,58 +880,275 @@ static void fs_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size)
 	reply_xattr(req, list->str, list->len, size);
 }
 
-/* ---- changes (not yet supported beyond refusing them clearly) ---- */
+/* ---- changes ---- */
 
-static int refuse(Fs *fs)
+static int modify_check(Fs *fs)
 {
 	count_op(fs, FS_OP_MODIFY);
-	return fs->ro ? EROFS : EPERM;
+	return fs->ro ? EROFS : 0;
+}
+
+static void set_flags(fuse_req_t req, fuse_ino_t ino, const char *value,
+		      size_t size)
+{
+	Fs *fs = fs_of(req);
+	g_autofree char *flags = g_strndup(value, size);
+	g_autoptr(GError) error = NULL;
+
+	g_strstrip(flags);
+	if (fs_ino_is_local(ino)) {
+		g_autoptr(LocalFile) lf = fs_local_get(fs, ino);
+
+		if (!lf)
+			return (void)fuse_reply_err(req, ENOENT);
+		g_free(lf->flags);
+		lf->flags = g_steal_pointer(&flags);
+		return (void)fuse_reply_err(req, 0);
+	}
+	if (!ino_is_message(ino))
+		return (void)fuse_reply_err(req, ENOTSUP);
+	if (!cache_message_set_flags(fs->cache, ino - INO_MSG_BASE, flags,
+				     &error))
+		return reply_error(req, error);
+	fuse_reply_err(req, 0);
 }
 
 static void fs_setxattr(fuse_req_t req, fuse_ino_t ino, const char *name,
 			const char *value, size_t size, int flags)
 {
-	fuse_reply_err(req, refuse(fs_of(req)));
+	int err = modify_check(fs_of(req));
+
+	if (err)
+		return (void)fuse_reply_err(req, err);
+	if (strcmp(name, "user.imap.flags") != 0)
+		return (void)fuse_reply_err(req, ENOTSUP);
+	set_flags(req, ino, value, size);
 }
 
 static void fs_removexattr(fuse_req_t req, fuse_ino_t ino, const char *name)
 {
-	fuse_reply_err(req, refuse(fs_of(req)));
+	int err = modify_check(fs_of(req));
+
+	if (err)
+		return (void)fuse_reply_err(req, err);
+	if (strcmp(name, "user.imap.flags") != 0)
+		return (void)fuse_reply_err(req, ENODATA);
+	set_flags(req, ino, "", 0);
 }
 
 static void fs_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name,
 		     mode_t mode)
 {
-	fuse_reply_err(req, refuse(fs_of(req)));
-}
+	Fs *fs = fs_of(req);
+	gint64 folder = dir_folder(parent);
+	struct fuse_entry_param e = {.attr_timeout = ATTR_TIMEOUT,
+				     .entry_timeout = ENTRY_TIMEOUT};
+	g_autoptr(CacheFolder) f = NULL;
+	g_autoptr(GError) error = NULL;
+	int err = modify_check(fs);
 
-static void fs_unlink(fuse_req_t req, fuse_ino_t parent, const char *name)
-{
-	fuse_reply_err(req, refuse(fs_of(req)));
+	if (err)
+		return (void)fuse_reply_err(req, err);
+	if (folder < 0)
+		return (void)fuse_reply_err(req, ENOTDIR);
+	f = cache_folder_create(fs->cache, (guint64)folder, name, &error);
+	if (!f)
+		return reply_error(req, error);
+	e.ino = folder_ino(f->id);
+	folder_stat(fs, f, &e.attr);
+	fuse_reply_entry(req, &e);
 }
 
 static void fs_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name)
 {
-	fuse_reply_err(req, refuse(fs_of(req)));
+	Fs *fs = fs_of(req);
+	gint64 folder = dir_folder(parent);
+	g_autoptr(CacheFolder) f = NULL;
+	g_autoptr(GPtrArray) locals = NULL;
+	g_autoptr(GError) error = NULL;
+	int err = modify_check(fs);
+
+	if (err)
+		return (void)fuse_reply_err(req, err);
+	if (folder < 0)
+		return (void)fuse_reply_err(req, ENOTDIR);
+	f = cache_folder_lookup(fs->cache, (guint64)folder, name);
+	if (!f)
+		return (void)fuse_reply_err(req, ENOENT);
+	locals = fs_local_list(fs, f->id);
+	if (locals->len)
+		return (void)fuse_reply_err(req, ENOTEMPTY);
+	if (!cache_folder_delete(fs->cache, f->id, &error))
+		return reply_error(req, error);
+	fuse_reply_err(req, 0);
+}
+
+static void fs_unlink(fuse_req_t req, fuse_ino_t parent, const char *name)
+{
+	Fs *fs = fs_of(req);
+	gint64 folder = dir_folder(parent);
+	g_autoptr(LocalFile) lf = NULL;
+	g_autoptr(CacheMessage) m = NULL;
+	g_autoptr(GError) error = NULL;
+	int err = modify_check(fs);
+
+	if (err)
+		return (void)fuse_reply_err(req, err);
+	if (folder < 0)
+		return (void)fuse_reply_err(req, ENOTDIR);
+	lf = fs_local_lookup(fs, (guint64)folder, name);
+	if (lf) {
+		/* Removing a backup that still stands for its message
+		 * removes the message. */
+		if (lf->shadow_of &&
+		    !cache_message_delete(fs->cache, lf->shadow_of,
+					  fs->delete_to_trash, &error))
+			return reply_error(req, error);
+		fs_local_unlink(fs, lf);
+		return (void)fuse_reply_err(req, 0);
+	}
+	if (!folder || !cache_is_message_name(name))
+		return (void)fuse_reply_err(req, ENOENT);
+	m = cache_message_lookup(fs->cache, (guint64)folder, name, &error);
+	if (!m || fs_local_is_hidden(fs, m->id))
+		return m ? (void)fuse_reply_err(req, ENOENT)
+			 : reply_error(req, error);
+	if (!cache_message_delete(fs->cache, m->id, fs->delete_to_trash,
+				  &error))
+		return reply_error(req, error);
+	fuse_reply_err(req, 0);
+}
+
+/* A local file renamed to a message name is stored (replacing @target, a
+ * message of that name, if any). */
+static void rename_local(fuse_req_t req, LocalFile *lf, guint64 dst,
+			 const char *newname, guint64 target)
+{
+	Fs *fs = fs_of(req);
+	g_autoptr(GError) error = NULL;
+	g_autoptr(LocalFile) old = fs_local_lookup(fs, dst, newname);
+	guint64 from = lf->folder_id;
+	g_autofree char *oldname = g_strdup(lf->name);
+
+	if (lf->shadow_of && from == dst &&
+	    g_strcmp0(newname, lf->shadow_name) == 0) {
+		/* The backup goes back: the message shows again. */
+		fs_local_unlink(fs, lf);
+		fs_invalidate(fs, dst, newname);
+		return (void)fuse_reply_err(req, 0);
+	}
+	if (lf->shadow_of && !fs_is_scratch_name(newname))
+		return (void)fuse_reply_err(req, EPERM);
+	if (old && old != lf)
+		fs_local_unlink(fs, old);
+	fs_local_rename(fs, lf, dst, newname);
+	if (fs_is_scratch_name(newname) || lf->fd < 0)
+		return (void)fuse_reply_err(req, 0);
+
+	/* sed -i, nano, "cp x.tmp x.eml": the bytes become a message. */
+	g_autoptr(CacheFolder) f =
+		dst ? cache_folder_get(fs->cache, dst) : NULL;
+
+	if (!f || !f->selectable) {
+		fs_local_rename(fs, lf, from, oldname);
+		return (void)fuse_reply_err(req, EPERM);
+	}
+	lf->dirty = TRUE;
+	if (target)
+		lf->replaces = target;
+	if (!local_upload(fs, lf, &error)) {
+		fs_local_rename(fs, lf, from, oldname);
+		return reply_error(req, error);
+	}
+	fs_local_unlink(fs, lf);
+	fs_invalidate(fs, dst, newname);
+	fuse_reply_err(req, 0);
 }
 
 static void fs_rename(fuse_req_t req, fuse_ino_t parent, const char *name,
 		      fuse_ino_t newparent, const char *newname,
 		      unsigned int flags)
 {
-	fuse_reply_err(req, refuse(fs_of(req)));
-}
+	Fs *fs = fs_of(req);
+	gint64 src = dir_folder(parent);
+	gint64 dst = dir_folder(newparent);
+	g_autoptr(LocalFile) lf = NULL;
+	g_autoptr(CacheFolder) f = NULL;
+	g_autoptr(CacheMessage) m = NULL;
+	g_autoptr(CacheMessage) target = NULL;
+	g_autoptr(GError) error = NULL;
+	int err = modify_check(fs);
 
-static void fs_create(fuse_req_t req, fuse_ino_t parent, const char *name,
-		      mode_t mode, struct fuse_file_info *fi)
-{
-	fuse_reply_err(req, refuse(fs_of(req)));
-}
+	if (err)
+		return (void)fuse_reply_err(req, err);
+	if (src < 0 || dst < 0)
+		return (void)fuse_reply_err(req, ENOTDIR);
+	if (flags & RENAME_EXCHANGE)
+		return (void)fuse_reply_err(req, EINVAL);
+	if (dst && cache_is_message_name(newname)) {
+		target = cache_message_lookup(fs->cache, (guint64)dst, newname,
+					      NULL);
+		if (target && fs_local_is_hidden(fs, target->id))
+			g_clear_pointer(&target, cache_message_unref);
+	}
+	if ((flags & RENAME_NOREPLACE) &&
+	    (target || fs_local_lookup(fs, (guint64)dst, newname)))
+		return (void)fuse_reply_err(req, EEXIST);
 
-static void fs_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr,
-		       int to_set, struct fuse_file_info *fi)
-{
-	fuse_reply_err(req, refuse(fs_of(req)));
+	lf = fs_local_lookup(fs, (guint64)src, name);
+	if (lf)
+		return rename_local(req, lf, (guint64)dst, newname,
+				    target ? target->id : 0);
+
+	f = cache_folder_lookup(fs->cache, (guint64)src, name);
+	if (f) {
+		g_autoptr(CacheFolder) there =
+			cache_folder_lookup(fs->cache, (guint64)dst, newname);
+
+		if (there)
+			return (void)fuse_reply_err(req, EEXIST);
+		if (!cache_folder_rename(fs->cache, f->id, (guint64)dst,
+					 newname, &error))
+			return reply_error(req, error);
+		return (void)fuse_reply_err(req, 0);
+	}
+
+	if (!src || !cache_is_message_name(name))
+		return (void)fuse_reply_err(req, ENOENT);
+	m = cache_message_lookup(fs->cache, (guint64)src, name, &error);
+	if (!m || fs_local_is_hidden(fs, m->id))
+		return m ? (void)fuse_reply_err(req, ENOENT)
+			 : reply_error(req, error);
+	if (src == dst) {
+		if (strcmp(name, newname) == 0)
+			return (void)fuse_reply_err(req, 0);
+		if (fs_is_scratch_name(newname)) {
+			/* An editor's backup (vim, emacs): the message stays
+			 * on the server until the new version is stored. */
+			g_autoptr(LocalFile) sh =
+				fs_local_shadow(fs, (guint64)src, newname, m);
+
+			return (void)fuse_reply_err(req, 0);
+		}
+		/* Names are the server's: a message cannot be renamed in
+		 * its folder. */
+		return (void)fuse_reply_err(req, EPERM);
+	}
+	if (!dst) {
+		/* The top level holds folders only. */
+		return (void)fuse_reply_err(req, EPERM);
+	}
+	{
+		g_autoptr(CacheMessage) moved = cache_message_move(
+			fs->cache, m->id, (guint64)dst, &error);
+
+		if (error)
+			return reply_error(req, error);
+	}
+	/* The kernel now has the old inode under @newname: the message
+	 * shows under its new name instead. */
+	fs_invalidate(fs, (guint64)dst, newname);
+	fuse_reply_err(req, 0);
 }
 
 /* ---- the file system ---- */
@@ -624,6 +1208,9 @@ const struct fuse_lowlevel_ops fs_ops = {
 	.releasedir = fs_releasedir,
 	.open = fs_open,
 	.read = fs_read,
+	.write = fs_write,
+	.flush = fs_flush,
+	.fsync = fs_fsync,
 	.release = fs_release,
 	.getxattr = fs_getxattr,
 	.listxattr = fs_listxattr,

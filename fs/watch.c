@@ -66,6 +66,19 @@ static void changed_cb(guint64 folder_id, const GPtrArray *removed,
 	g_async_queue_push(fs->inval, j);
 }
 
+void fs_invalidate(Fs *fs, guint64 folder_id, const char *name)
+{
+	Inval *j = g_new0(Inval, 1);
+
+	if (!fs->se)
+		return inval_free(j);
+	j->parent = fs_folder_ino(folder_id);
+	j->names = g_ptr_array_new_with_free_func(g_free);
+	if (name)
+		g_ptr_array_add(j->names, g_strdup(name));
+	g_async_queue_push(fs->inval, j);
+}
+
 /* Every poll interval, bring the folders in use in step (a QRESYNC SELECT
  * each when nothing changed). */
 static gpointer poll_thread(gpointer data)
