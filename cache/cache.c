@@ -1425,3 +1425,42 @@ void cache_set_change_func(Cache *c, CacheChangeFunc func, gpointer user_data)
 	c->change_data = user_data;
 	g_mutex_unlock(&c->lock);
 }
+
+/* QUOTA (RFC 9208): the STORAGE resource of INBOX's quota root, in KiB. */
+gboolean cache_refresh_quota(Cache *c, GError **error)
+{
+	g_autoptr(ImapCommand) cmd = NULL;
+	g_autoptr(ImapResult) r = NULL;
+
+	if (!imap_client_has_cap(c->client, "QUOTA"))
+		return TRUE;
+	cmd = imap_command_new("GETQUOTAROOT");
+	imap_command_add_raw(cmd, "INBOX", NULL);
+	imap_command_want(cmd, "QUOTA");
+	imap_command_want(cmd, "QUOTAROOT");
+	imap_command_set_idempotent(cmd, TRUE);
+	r = imap_client_run(c->client, cmd, error);
+	if (!r)
+		return FALSE;
+	for (guint i = 0; i < r->untagged->len; i++) {
+		const ImapResponse *u = r->untagged->pdata[i];
+		const GPtrArray *res;
+
+		if (g_strcmp0(u->keyword, "QUOTA") != 0 || u->args->len < 2)
+			continue;
+		res = imap_value_get_list(u->args->pdata[1]);
+		for (guint j = 0; res && j + 2 < res->len; j += 3) {
+			guint64 used, limit;
+
+			if (imap_value_is_atom(res->pdata[j], "STORAGE") &&
+			    imap_value_get_u64(res->pdata[j + 1], &used) &&
+			    imap_value_get_u64(res->pdata[j + 2], &limit)) {
+				g_mutex_lock(&c->lock);
+				c->quota_used = used;
+				c->quota_limit = limit;
+				g_mutex_unlock(&c->lock);
+			}
+		}
+	}
+	return TRUE;
+}

@@ -179,6 +179,8 @@ typedef struct {
 } CacheStats;
 
 CacheStats cache_stats(Cache *cache);
+/* Ask the server for the quota (when it has QUOTA); cache_stats() tells. */
+gboolean cache_refresh_quota(Cache *cache, GError **error);
 
 /* "name value\n" lines: imap.*, cache.* counters. */
 void cache_append_counters(Cache *cache, GString *out);

@@ -604,6 +604,11 @@ static int fs_mount(FsOptions *opts, struct fuse_args *args)
 				"offline\n",
 				opts->imap.host, error->message);
 		g_clear_error(&error);
+	} else {
+		g_autoptr(GError) qerr = NULL;
+
+		if (!cache_refresh_quota(cache, &qerr))
+			g_debug("quota: %s", qerr->message);
 	}
 	fs.cache = cache;
 	fs.poll_s = opts->poll_s;

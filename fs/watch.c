@@ -97,6 +97,8 @@ static gpointer poll_thread(gpointer data)
 
 		g_autoptr(GArray) ids = cache_watched_folders(fs->cache);
 
+		cache_refresh_quota(fs->cache, NULL);
+
 		for (guint i = 0; i < ids->len; i++) {
 			g_autoptr(GError) error = NULL;
 
