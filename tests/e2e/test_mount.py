@@ -19,6 +19,7 @@ import hashlib
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import socket
@@ -1162,9 +1163,68 @@ def test_final_state():
               "appeared or disappeared, in the whole run")
 
 
+def test_quota():
+    """statvfs reports the server's quota (a Dovecot of our own with a 1 GiB
+    storage limit, started here)."""
+    sys.path.insert(0, os.path.dirname(os.environ["IMAPFS_TEST_FIXTURE"]))
+    import dovecot  # noqa: E402  (the fixture module)
+
+    with dovecot.Dovecot(quota=True) as d:
+        d.populate("standard")
+        opts = ["port=%d" % d.port_imaps, "cafile=%s" % d.cafile,
+                "password_file=%s" % d.password_file]
+        with Mount(EXE, options=opts, base_options=False) as m:
+            st = os.statvfs(m.path)
+            total = st.f_blocks * st.f_frsize
+            used = (st.f_blocks - st.f_bfree) * st.f_frsize
+            T.check(total == 1 << 30, "statvfs: the quota's 1 GiB limit is the size",
+                    expected=1 << 30, seen=total)
+            T.check(15 << 20 < used < 40 << 20,
+                    "statvfs: the quota's usage (the ~21 MB corpus) is what is used",
+                    expected="15-40 MiB", seen=used)
+
+
+def test_fstab():
+    """The mount(8) helper: what an fstab line runs."""
+    helper = os.path.join(os.path.dirname(EXE), "mount.fuse.imapfs")
+    if not os.path.exists(helper):
+        T.skip("fstab helper", "%s was not built" % helper)
+        return
+    tmp = tempfile.mkdtemp(prefix="imapfs-fstab-")
+    try:
+        # The installed helper runs the installed binary: point it at ours.
+        text = open(helper).read()
+        local = os.path.join(tmp, "mount.fuse.imapfs")
+        with open(local, "w") as f:
+            f.write(re.sub(r'exec "[^"]*/imapfs"', 'exec "%s"' % EXE, text))
+        os.chmod(local, 0o755)
+        mnt = os.path.join(tmp, "mnt")
+        os.mkdir(mnt)
+        opts = ("noauto,user,_netdev,nofail,x-systemd.automount,comment=x,"
+                "port=%d,cafile=%s,password_file=%s,cache_dir=%s" %
+                (PORT_IMAPS, CAFILE, PASSWORD_FILE, os.path.join(tmp, "cache")))
+        r = run([local, "%s@%s" % (USER, HOST), mnt, "-s", "-n", "-o", opts], timeout=30)
+        try:
+            T.check(r.returncode == 0, "fstab: mount.fuse.imapfs with fstab-only words mounts",
+                    expected=0, seen=(r.returncode, r.stderr[-300:]))
+            names = os.listdir(mnt) if r.returncode == 0 else []
+            T.check("INBOX" in names, "fstab: the mount shows the folders",
+                    expected="INBOX", seen=names)
+            line = [l for l in open("/proc/mounts") if " %s " % mnt in l]
+            T.check(line and " fuse.imapfs " in line[0],
+                    "fstab: the mount's type is fuse.imapfs", expected="fuse.imapfs",
+                    seen=line)
+        finally:
+            run(["fusermount3", "-u", mnt], timeout=30)
+    finally:
+        if not is_mounted(os.path.join(tmp, "mnt")):
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
 TESTS = [test_cli_errors, test_daemon, test_signals, test_variants, test_tree, test_listing, test_find, test_xattrs,
          test_counters, test_pread, test_read_all, test_grep, test_rsync, test_names_edge,
-         test_stable_names, test_inodes, test_readonly, test_final_state]
+         test_stable_names, test_inodes, test_readonly, test_quota, test_fstab,
+         test_final_state]
 
 
 BUDGET = 540.0  # seconds: report the rest as not run rather than hit meson's 600
