@@ -88,7 +88,21 @@ void cache_body_scan(Cache *c)
 	}
 	g_mutex_lock(&c->lock);
 	c->body_bytes = total;
+	/* A cache filled under a bigger limit shrinks at the first chance. */
+	if (c->cfg.size_limit && total > c->cfg.size_limit)
+		c->evict_needed = TRUE;
 	g_mutex_unlock(&c->lock);
+}
+
+/* Remove a body file and take its bytes off the count. */
+void cache_body_unlink_locked(Cache *c, const char *path)
+{
+	struct stat st;
+
+	if (stat(path, &st) == 0 && g_unlink(path) == 0)
+		c->body_bytes = c->body_bytes > (guint64)st.st_size
+					? c->body_bytes - (guint64)st.st_size
+					: 0;
 }
 
 static void body_stored_locked(Cache *c, guint64 size)
@@ -161,6 +175,8 @@ static void evict(Cache *c)
 		}
 	}
 	g_array_sort(files, compare_used);
+	guint64 removed = 0;
+
 	for (guint i = 0; i < files->len && total > target; i++) {
 		BodyFile *b = &g_array_index(files, BodyFile, i);
 		gboolean open;
@@ -171,9 +187,12 @@ static void evict(Cache *c)
 		if (open || g_unlink(b->path) < 0)
 			continue;
 		total -= b->size;
+		removed += b->size;
 	}
 	g_mutex_lock(&c->lock);
-	c->body_bytes = total;
+	/* Bodies stored meanwhile by other threads counted themselves:
+	 * subtract, don't overwrite. */
+	c->body_bytes = c->body_bytes > removed ? c->body_bytes - removed : 0;
 	c->counters.evictions++;
 	g_mutex_unlock(&c->lock);
 }
@@ -897,6 +916,10 @@ void cache_body_close(CacheBody *b)
 				    GUINT_TO_POINTER(n - 1));
 	else
 		g_hash_table_remove(b->c->open_paths, b->path);
+	/* An eviction may have skipped this body while it was open. */
+	if (n <= 1 && b->c->cfg.size_limit &&
+	    b->c->body_bytes > b->c->cfg.size_limit)
+		b->c->evict_needed = TRUE;
 	g_mutex_unlock(&b->c->lock);
 	if (b->c->cfg.keep == CACHE_KEEP_NONE && n <= 1)
 		g_unlink(b->path);

@@ -15,6 +15,9 @@ G_BEGIN_DECLS
 /* Sequential-scan prefetch: at most this many bodies or bytes ahead. */
 #define CACHE_PREFETCH_MESSAGES 64
 #define CACHE_PREFETCH_BYTES (32 * 1024 * 1024)
+/* Moves wait this long for more of the same kind before they are sent. */
+#define CACHE_MOVE_DELAY_US (30 * 1000)
+#define CACHE_MOVE_BATCH_MAX 1000
 /* Offline: how long to serve the index before asking the server again. */
 #define CACHE_OFFLINE_RETRY_US (5 * G_USEC_PER_SEC)
 
@@ -63,6 +66,10 @@ struct _Cache {
 	gboolean evict_needed;
 	CacheChangeFunc change_func;
 	gpointer change_data;
+	GPtrArray *move_batches; /* MoveBatch *, see write.c */
+	GThread *mover;
+	GCond mover_cond;
+	gboolean mover_stop;
 	CacheCounters counters;
 	gint64 quota_checked;
 	guint64 quota_used, quota_limit;
@@ -103,9 +110,14 @@ gboolean cache_db_exec(Cache *c, const char *sql, GError **error);
 char *cache_body_path(Cache *c, const CacheMessage *m);
 void cache_body_remove_folder(Cache *c, guint64 folder_id);
 void cache_body_scan(Cache *c);
+void cache_body_unlink_locked(Cache *c, const char *path);
 /* Write a complete body file (tmp, fsync, rename). */
 gboolean cache_body_store(Cache *c, const char *path, const char *data,
 			  gsize len);
+/* write.c: batched moves */
+void cache_movers_start(Cache *c);
+void cache_movers_stop(Cache *c);
+void cache_flush_moves_of(Cache *c, guint64 folder_id);
 /* The next access syncs the folder again. */
 void cache_folder_mark_stale(Cache *c, guint64 folder_id);
 void cache_note_open(Cache *c, const CacheMessage *m);

@@ -302,6 +302,7 @@ Cache *cache_open(ImapClient *client, const CacheConfig *cfg, GError **error)
 	}
 	load_folders(c);
 	cache_body_scan(c);
+	cache_movers_start(c);
 	return g_steal_pointer(&c);
 }
 
@@ -309,6 +310,7 @@ void cache_free(Cache *c)
 {
 	if (!c)
 		return;
+	cache_movers_stop(c);
 	cache_db_close(c);
 	if (c->cfg.keep == CACHE_KEEP_NONE)
 		remove_tree(c->body_dir);
@@ -820,7 +822,7 @@ void cache_delete_message_locked(Cache *c, CacheMessage *m)
 	sqlite3_bind_int64(st, 1, (sqlite3_int64)m->id);
 	sqlite3_step(st);
 	sqlite3_finalize(st);
-	g_unlink(path);
+	cache_body_unlink_locked(c, path);
 }
 
 #define META_ITEMS "UID FLAGS RFC822.SIZE INTERNALDATE"
@@ -1216,6 +1218,8 @@ FolderState *cache_folder_fresh(Cache *c, guint64 folder_id,
 			    "no such folder");
 		return NULL;
 	}
+	/* Moves waiting to be sent are part of what this folder shows. */
+	cache_flush_moves_of(c, folder_id);
 	g_mutex_lock(&c->lock);
 	st = cache_state_get_locked(c, folder_id);
 	g_mutex_unlock(&c->lock);

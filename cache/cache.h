@@ -148,6 +148,14 @@ void cache_set_change_func(Cache *cache, CacheChangeFunc func,
  * listing of the destination shows it). */
 CacheMessage *cache_message_move(Cache *cache, guint64 message_id,
 				 guint64 dest_folder_id, GError **error);
+/* The same, answered at once: the message leaves the source's listing
+ * now and the server gets one UID MOVE for many such calls a moment later
+ * (or as soon as either folder is looked at). If the server refuses, the
+ * message shows in the source again. */
+gboolean cache_message_move_later(Cache *cache, guint64 message_id,
+				  guint64 dest_folder_id, GError **error);
+/* Send every waiting move now. */
+void cache_flush_moves(Cache *cache);
 /* \Deleted + UID EXPUNGE of this message only; with @to_trash, a move to
  * the \Trash folder instead (when there is one and it is elsewhere). */
 gboolean cache_message_delete(Cache *cache, guint64 message_id,

@@ -175,87 +175,318 @@ static gboolean expunge_one(Cache *c, const char *raw, const CacheMessage *m,
 	return ok;
 }
 
+/* \Deleted + UID EXPUNGE of exactly these UIDs, pipelined. */
+static gboolean expunge_set(Cache *c, const char *raw, guint32 uidvalidity,
+			    const char *set, gboolean *hidden_out,
+			    GError **error)
+{
+	ImapCommand *cmds[2];
+	guint n = 0;
+	gboolean ok;
+
+	cmds[n++] = imap_cmd_uid_store(raw, uidvalidity, set, "+FLAGS.SILENT",
+				       "\\Deleted", 0);
+	*hidden_out = !imap_client_has_cap(c->client, "UIDPLUS");
+	if (!*hidden_out)
+		cmds[n++] = imap_cmd_uid_expunge(raw, uidvalidity, set);
+	ok = cache_run_batch(c, cmds, n, error);
+	for (guint i = 0; i < n; i++)
+		imap_command_unref(cmds[i]);
+	return ok;
+}
+
+/*
+ * Move messages of one folder (one UIDVALIDITY) to @dest_id with as few
+ * commands as the server allows: UID MOVE of the whole set, or UID COPY
+ * and then \Deleted + UID EXPUNGE of that set. The source is only touched
+ * after the copy exists. @moved_out (may be NULL) gets the messages as the
+ * destination knows them.
+ */
+static gboolean move_set(Cache *c, GPtrArray *msgs, guint64 dest_id,
+			 GPtrArray *moved_out, GError **error)
+{
+	CacheMessage *first = msgs->pdata[0];
+	g_autofree char *src = NULL;
+	g_autofree char *dst = NULL;
+	g_autoptr(ImapUidSet) uids = imap_uid_set_new();
+	g_autofree char *set = NULL;
+	g_autoptr(ImapCommand) cmd = NULL;
+	g_autoptr(ImapResult) r = NULL;
+	g_autoptr(GPtrArray) subjects =
+		g_ptr_array_new_with_free_func((GDestroyNotify)g_bytes_unref);
+	gboolean use_move = imap_client_has_cap(c->client, "MOVE");
+	gboolean hidden = FALSE;
+
+	if (!(src = raw_of(c, first->folder_id, error)) ||
+	    !(dst = raw_of(c, dest_id, error)))
+		return FALSE;
+	for (guint i = 0; i < msgs->len; i++) {
+		CacheMessage *m = msgs->pdata[i];
+
+		imap_uid_set_add(uids, m->uid, m->uid);
+	}
+	set = imap_uid_set_to_string(uids);
+	cmd = use_move ? imap_cmd_uid_move(src, first->uidvalidity, set, dst,
+					   error)
+		       : imap_cmd_uid_copy(src, first->uidvalidity, set, dst,
+					   error);
+	if (!cmd)
+		return FALSE;
+	r = imap_client_run(c->client, cmd, error);
+	if (!r)
+		return FALSE; /* nothing happened, or only a copy did */
+
+	g_mutex_lock(&c->lock);
+	for (guint i = 0; i < msgs->len; i++) /* before the rows go */
+		g_ptr_array_add(
+			subjects,
+			subject_of_row(c,
+				       ((CacheMessage *)msgs->pdata[i])->id));
+	g_mutex_unlock(&c->lock);
+	if (!use_move) {
+		/* The copies are there: only now may the originals go. */
+		g_autoptr(GError) local = NULL;
+
+		if (!expunge_set(c, src, first->uidvalidity, set, &hidden,
+				 &local)) {
+			/* Both places hold them; the next sync shows that. */
+			g_warning("copied %u message(s) but could not remove "
+				  "the originals: %s",
+				  msgs->len, local->message);
+			g_propagate_error(error, g_steal_pointer(&local));
+			cache_folder_mark_stale(c, dest_id);
+			return FALSE;
+		}
+	}
+	for (guint i = 0; i < msgs->len; i++) {
+		CacheMessage *m = msgs->pdata[i];
+		guint32 new_uv = 0, new_uid = 0;
+		CacheMessage *moved = NULL;
+
+		forget(c, m, hidden);
+		/* The index learns the copy, and its body moves along. */
+		if (find_copyuid(r, &new_uv, m->uid, &new_uid)) {
+			Meta meta = {.uid = new_uid,
+				     .has = IMAP_FETCH_HAS_SIZE |
+					    IMAP_FETCH_HAS_INTERNALDATE,
+				     .flags = m->flags,
+				     .size = m->size,
+				     .date = m->internaldate,
+				     .tz = m->tz,
+				     .subject = subjects->pdata[i]};
+			g_autofree char *old_path = cache_body_path(c, m);
+
+			g_mutex_lock(&c->lock);
+			moved = add_known_locked(c, dest_id, new_uv, &meta);
+			g_mutex_unlock(&c->lock);
+			if (moved) {
+				g_autofree char *new_path =
+					cache_body_path(c, moved);
+				g_autofree char *dir =
+					g_path_get_dirname(new_path);
+
+				if (g_mkdir_with_parents(dir, 0700) == 0)
+					(void)rename(old_path, new_path);
+			}
+		} else {
+			cache_folder_mark_stale(c, dest_id);
+		}
+		if (moved_out && moved)
+			g_ptr_array_add(moved_out, moved);
+		else if (moved)
+			cache_message_unref(moved);
+		notify(c, m->folder_id, m->name, FALSE);
+	}
+	notify(c, dest_id, NULL, TRUE);
+	return TRUE;
+}
+
 CacheMessage *cache_message_move(Cache *c, guint64 message_id, guint64 dest_id,
 				 GError **error)
 {
-	g_autoptr(CacheMessage) m = cache_message_get(c, message_id);
-	g_autofree char *src = NULL;
-	g_autofree char *dst = NULL;
-	g_autoptr(ImapCommand) cmd = NULL;
-	g_autoptr(ImapResult) r = NULL;
-	gboolean use_move = imap_client_has_cap(c->client, "MOVE");
-	guint32 new_uv = 0, new_uid = 0;
-	CacheMessage *moved = NULL;
-	char set[16];
+	g_autoptr(CacheMessage) m = NULL;
+	g_autoptr(GPtrArray) one = g_ptr_array_new_with_free_func(
+		(GDestroyNotify)cache_message_unref);
+	g_autoptr(GPtrArray) moved = g_ptr_array_new_with_free_func(
+		(GDestroyNotify)cache_message_unref);
 
 	if (!readonly_check(c, error))
 		return NULL;
+	cache_flush_moves(c);
+	m = cache_message_get(c, message_id);
 	if (!m) {
 		g_set_error(error, CACHE_ERROR, CACHE_ERROR_NOT_FOUND,
 			    "no such message");
 		return NULL;
 	}
-	if (!(src = raw_of(c, m->folder_id, error)) ||
-	    !(dst = raw_of(c, dest_id, error)))
+	g_ptr_array_add(one, cache_message_ref(m));
+	if (!move_set(c, one, dest_id, moved, error))
 		return NULL;
-	g_snprintf(set, sizeof(set), "%u", m->uid);
-	cmd = use_move
-		      ? imap_cmd_uid_move(src, m->uidvalidity, set, dst, error)
-		      : imap_cmd_uid_copy(src, m->uidvalidity, set, dst, error);
-	if (!cmd)
-		return NULL;
-	r = imap_client_run(c->client, cmd, error);
-	if (!r)
-		return NULL; /* nothing happened, or only a copy did */
-	find_copyuid(r, &new_uv, m->uid, &new_uid);
+	return moved->len ? cache_message_ref(moved->pdata[0]) : NULL;
+}
 
-	gboolean hidden = FALSE;
-	g_autoptr(GBytes) subject = NULL;
+/* ---- moves in batches ----
+ *
+ * "mv INBOX/x.eml INBOX/y.eml ... Archive/" renames one file at a time. Each rename is
+ * checked and answered at once, and the message leaves the source's
+ * listing; the moves themselves wait a moment and go to the server as one
+ * UID MOVE per (source, destination). Anything that looks at either
+ * folder first sends what is waiting. A move the server refuses puts its
+ * messages back into the source listing (they never left the server) and
+ * is logged: mail is never lost, in the worst case it stays where it was.
+ */
+
+typedef struct {
+	guint64 src, dst;
+	GPtrArray *msgs; /* CacheMessage * */
+	gint64 last_add;
+} MoveBatch;
+
+static void batch_free(MoveBatch *b)
+{
+	g_ptr_array_unref(b->msgs);
+	g_free(b);
+}
+
+static void run_move_batch(Cache *c, MoveBatch *b)
+{
+	g_autoptr(GError) error = NULL;
+
+	if (move_set(c, b->msgs, b->dst, NULL, &error))
+		return;
+	g_warning("moving %u message(s) failed, they stay where they were: %s",
+		  b->msgs->len, error->message);
+	g_mutex_lock(&c->lock);
+	for (guint i = 0; i < b->msgs->len; i++) {
+		CacheMessage *m = b->msgs->pdata[i];
+
+		snapshot_change_locked(c, m->folder_id, NULL, m);
+	}
+	g_mutex_unlock(&c->lock);
+	notify(c, b->src, NULL, TRUE);
+}
+
+/* Take the batches to send: all, those touching @folder_id, or those
+ * idle for a while (folder_id 0 and !all). */
+static GPtrArray *take_batches(Cache *c, guint64 folder_id, gboolean all)
+{
+	GPtrArray *out =
+		g_ptr_array_new_with_free_func((GDestroyNotify)batch_free);
+	gint64 now = g_get_monotonic_time();
 
 	g_mutex_lock(&c->lock);
-	subject = subject_of_row(c, m->id); /* before the row goes */
+	for (guint i = 0; i < c->move_batches->len; i++) {
+		MoveBatch *b = c->move_batches->pdata[i];
+
+		if (all ||
+		    (folder_id &&
+		     (b->src == folder_id || b->dst == folder_id)) ||
+		    (!folder_id && now - b->last_add >= CACHE_MOVE_DELAY_US)) {
+			g_ptr_array_add(out, b);
+			g_ptr_array_remove_index(c->move_batches, i--);
+		}
+	}
 	g_mutex_unlock(&c->lock);
-	if (!use_move) {
-		/* The copy is there: only now may the source go. */
-		g_autoptr(GError) local = NULL;
+	return out;
+}
 
-		if (!expunge_one(c, src, m, &hidden, &local)) {
-			/* Both places hold it; the next sync shows that. */
-			g_warning("copied message %u but could not remove the "
-				  "original: %s",
-				  m->uid, local->message);
-			g_propagate_error(error, g_steal_pointer(&local));
-			return NULL;
+void cache_flush_moves_of(Cache *c, guint64 folder_id)
+{
+	g_autoptr(GPtrArray) todo = take_batches(c, folder_id, folder_id == 0);
+
+	for (guint i = 0; i < todo->len; i++)
+		run_move_batch(c, todo->pdata[i]);
+}
+
+void cache_flush_moves(Cache *c)
+{
+	cache_flush_moves_of(c, 0);
+}
+
+static gpointer mover_thread(gpointer data)
+{
+	Cache *c = data;
+
+	g_mutex_lock(&c->lock);
+	while (!c->mover_stop) {
+		if (c->move_batches->len == 0) {
+			g_cond_wait(&c->mover_cond, &c->lock);
+			continue;
 		}
-	}
-	forget(c, m, hidden);
-
-	/* The index learns the copy, and its body moves along. */
-	if (new_uid) {
-		Meta meta = {.uid = new_uid,
-			     .has = IMAP_FETCH_HAS_SIZE |
-				    IMAP_FETCH_HAS_INTERNALDATE,
-			     .flags = m->flags,
-			     .size = m->size,
-			     .date = m->internaldate,
-			     .tz = m->tz};
-		g_autofree char *old_path = cache_body_path(c, m);
-
-		meta.subject = subject;
-		g_mutex_lock(&c->lock);
-		moved = add_known_locked(c, dest_id, new_uv, &meta);
+		g_cond_wait_until(&c->mover_cond, &c->lock,
+				  g_get_monotonic_time() + CACHE_MOVE_DELAY_US);
 		g_mutex_unlock(&c->lock);
-		if (moved) {
-			g_autofree char *new_path = cache_body_path(c, moved);
-			g_autofree char *dir = g_path_get_dirname(new_path);
+		g_autoptr(GPtrArray) todo = take_batches(c, 0, FALSE);
 
-			if (g_mkdir_with_parents(dir, 0700) == 0)
-				(void)rename(old_path, new_path);
-		}
+		for (guint i = 0; i < todo->len; i++)
+			run_move_batch(c, todo->pdata[i]);
+		g_mutex_lock(&c->lock);
 	}
-	notify(c, m->folder_id, m->name, FALSE);
-	notify(c, dest_id, NULL, TRUE);
-	return moved;
+	g_mutex_unlock(&c->lock);
+	return NULL;
+}
+
+void cache_movers_start(Cache *c)
+{
+	c->move_batches = g_ptr_array_new();
+	g_cond_init(&c->mover_cond);
+	c->mover = g_thread_new("mover", mover_thread, c);
+}
+
+void cache_movers_stop(Cache *c)
+{
+	if (!c->mover)
+		return;
+	g_mutex_lock(&c->lock);
+	c->mover_stop = TRUE;
+	g_cond_signal(&c->mover_cond);
+	g_mutex_unlock(&c->lock);
+	g_thread_join(c->mover);
+	c->mover = NULL;
+	cache_flush_moves(c);
+	g_ptr_array_unref(c->move_batches);
+	g_cond_clear(&c->mover_cond);
+}
+
+gboolean cache_message_move_later(Cache *c, guint64 message_id, guint64 dest_id,
+				  GError **error)
+{
+	g_autoptr(CacheMessage) m = cache_message_get(c, message_id);
+	g_autoptr(CacheFolder) d = cache_folder_get(c, dest_id);
+	MoveBatch *b = NULL;
+
+	if (!readonly_check(c, error))
+		return FALSE;
+	if (!m || !d || !d->selectable || !d->raw) {
+		g_set_error(error, CACHE_ERROR, CACHE_ERROR_NOT_FOUND,
+			    m ? "no such folder" : "no such message");
+		return FALSE;
+	}
+	g_mutex_lock(&c->lock);
+	for (guint i = 0; i < c->move_batches->len; i++) {
+		MoveBatch *x = c->move_batches->pdata[i];
+		CacheMessage *f = x->msgs->pdata[0];
+
+		if (x->src == m->folder_id && x->dst == dest_id &&
+		    f->uidvalidity == m->uidvalidity &&
+		    x->msgs->len < CACHE_MOVE_BATCH_MAX)
+			b = x;
+	}
+	if (!b) {
+		b = g_new0(MoveBatch, 1);
+		b->src = m->folder_id;
+		b->dst = dest_id;
+		b->msgs = g_ptr_array_new_with_free_func(
+			(GDestroyNotify)cache_message_unref);
+		g_ptr_array_add(c->move_batches, b);
+	}
+	g_ptr_array_add(b->msgs, cache_message_ref(m));
+	b->last_add = g_get_monotonic_time();
+	/* Gone from the source's listing now; back if the move fails. */
+	snapshot_change_locked(c, m->folder_id, m, NULL);
+	g_cond_signal(&c->mover_cond);
+	g_mutex_unlock(&c->lock);
+	return TRUE;
 }
 
 /* The folder with this special-use attribute, or 0. */

@@ -271,7 +271,9 @@ gboolean imap_stream_start_tls(ImapStream *s, const char *host,
 			return FALSE;
 		}
 		if (err == SSL_ERROR_SYSCALL || err == SSL_ERROR_ZERO_RETURN) {
-			g_set_error(error, IMAP_ERROR, IMAP_ERROR_TLS,
+			/* Cut, not refused: the network, not the peer's
+			 * identity (the caller may retry or go offline). */
+			g_set_error(error, IMAP_ERROR, IMAP_ERROR_DISCONNECTED,
 				    "TLS handshake with %s failed: connection "
 				    "closed",
 				    s->peer);

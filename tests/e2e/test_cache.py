@@ -11,8 +11,17 @@ counters (root xattr user.imapfs.counters).  Most tests use the server of
 8) start a private Dovecot with the fixture module, because a child of `run`
 has no way to stop and restart the server it runs under.
 
+The tests (numbers as in the cache issue's "Must show"):
+  1 warm remount, nothing changed     6 cache_size: LRU eviction, open bodies stay
+  2 changes while unmounted           7 corrupt index, truncated/deleted body files
+  3 UIDVALIDITY change                8 offline mount (automatic and -o offline)
+  4 server stopped while mounted      9 folders deleted/renamed on the server
+  5 kill -9 during a 20 MB fetch     10 cache=none, cache=headers
+
+Extra arguments after IMAPFS select tests by number (`... IMAPFS 4 8`).
 TAP output; `1..0 # SKIP` when not runnable.  IMAPFS_E2E_DEBUG=1 mounts in
-the foreground with -d (the log of each mount is in its temp dir).
+the foreground with -d (the log of each mount is in its temp dir; the
+"one line on stderr" check of test 8 then fails by design).
 Python standard library only.
 """
 
@@ -35,7 +44,7 @@ sys.path.insert(0, HERE)
 sys.path.insert(1, os.path.join(os.path.dirname(HERE), "fixture"))
 from helpers import (  # noqa: E402
     CAFILE, DEBUG, HOST, PASSWORD_FILE, PORT_IMAPS, USER, T, Mount, MountError,
-    folder_path, format_exc, fusermount, is_mounted, mounts_under, parse_message_name,
+    folder_path, format_exc, fusermount, mounts_under, parse_message_name,
     run, short, wait_for,
 )
 import dovecot as fx  # noqa: E402  (the fixture: imaplib helpers, a private server)
@@ -209,8 +218,12 @@ def file_path(m, f, name):
     return os.path.join(os.fsencode(m.p(f.path)), name)
 
 
-def read_file(path, chunk=MB):
+def read_file(path, chunk=MB, drop=False):
+    """The whole file.  drop: first make the kernel forget its cached pages
+    (posix_fadvise DONTNEED), so that the read reaches imapfs."""
     with open(path, "rb", buffering=0) as fh:
+        if drop:
+            os.posix_fadvise(fh.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
         parts = []
         while True:
             b = fh.read(chunk)
@@ -230,14 +243,14 @@ def mismatch(seen, want):
                hashlib.sha256(want).hexdigest()[:10], first))
 
 
-def timed_read(path, limit):
+def timed_read(path, limit, drop=True):
     """Read a whole file in a helper thread: (data or None, errno or None,
     seconds, finished within limit)."""
     box = {}
 
     def work():
         try:
-            box["data"] = read_file(path)
+            box["data"] = read_file(path, drop=drop)
         except OSError as e:
             box["errno"] = e.errno
         box["t"] = time.monotonic()
@@ -251,7 +264,7 @@ def timed_read(path, limit):
     return box.get("data"), box.get("errno"), box["t"] - t0, True
 
 
-def read_check(m, f, names, uids, problems):
+def read_check(m, f, names, uids, problems, drop=False):
     """Read the given UIDs of folder f; append mismatches to problems;
     returns the bytes read."""
     total = 0
@@ -260,7 +273,7 @@ def read_check(m, f, names, uids, problems):
             problems.append("%s UID %d: no file" % (f.path, uid))
             continue
         try:
-            data = read_file(file_path(m, f, names[uid]))
+            data = read_file(file_path(m, f, names[uid]), drop=drop)
         except OSError as e:
             problems.append("%s UID %d: read failed: %s" % (f.path, uid, errno.errorcode.get(
                 e.errno, e.errno)))
@@ -632,14 +645,32 @@ def test_uidvalidity():
             seen="%d old rows, %d rows" % (len(rows), nrows))
 
 
+def spread(names, n):
+    """n UIDs of which no two are neighbours in name order (reading them is
+    no sequential scan, so no prefetch starts), and the other UIDs."""
+    order = sorted(names, key=lambda u: names[u])
+    chosen = order[0::2][:n]
+    return chosen, [u for u in order if u not in chosen]
+
+
+def cached_state(cache, raw, f, cached, uncached):
+    """Problems if the body files of `cached` are not all there or any of
+    `uncached` is."""
+    fid = folder_ids(cache).get(raw)
+    files = body_files(cache)
+    out = ["UID %d: no body file" % u for u in cached
+           if body_rel(fid, f.uidvalidity, u) not in files]
+    out += ["UID %d: has a body file (fetched without being read)" % u for u in uncached
+            if body_rel(fid, f.uidvalidity, u) in files]
+    return out
+
+
 def test_server_stopped():
     """4. The server stops while mounted, then comes back."""
     srv = private_server()
     dc = srv.dc
     snap = srv.snapshot(only={"INBOX", "Work"})
     inbox, work = snap["INBOX"], snap["Work"]
-    uids = sorted(inbox.msgs)
-    cached, uncached = uids[:5], uids[5:]
     cache = new_cache("t4")
     with CMount(srv, cache) as m:
         problems = []
@@ -650,9 +681,13 @@ def test_server_stopped():
                 problems.append(err)
             names[f.raw], probs = listing(m, f)
             problems += probs
+        cached, uncached = spread(names["INBOX"], 5)
         read_check(m, inbox, names["INBOX"], cached, problems)
-        T.none_of(problems, "server up: INBOX and Work list, %d INBOX bodies read byte-exact"
-                  % len(cached))
+        T.none_of(problems, "server up: INBOX and Work list, %d INBOX bodies (UIDs %s) read "
+                  "byte-exact" % (len(cached), cached))
+        T.none_of(cached_state(cache, "INBOX", inbox, cached, uncached),
+                  "server up: exactly those %d bodies are in the cache (reading every other "
+                  "message starts no prefetch)" % len(cached))
 
         dc.kill_server()
         T.check(not server_reachable(srv), "the server is down (connection refused)")
@@ -671,13 +706,17 @@ def test_server_stopped():
                 problems.append("%s: %d names, before %d" % (f.path, len(now), len(names[f.raw])))
         T.none_of(problems, "server down: ls of INBOX and Work (listed before) works, same names")
         problems = []
-        read_check(m, inbox, names["INBOX"], cached, problems)
-        T.none_of(problems, "server down: the %d cached bodies read byte-exact" % len(cached))
+        c0 = m.counters()
+        read_check(m, inbox, names["INBOX"], cached, problems, drop=True)
+        c1 = m.counters()
+        T.none_of(problems, "server down: the %d cached bodies read byte-exact (kernel page "
+                  "cache dropped first; %d body hits)" % (len(cached),
+                                                         dl(c0, c1, "cache.body_hits")))
         target = uncached[0]
         data, err, secs, done = timed_read(file_path(m, inbox, names["INBOX"][target]), 20)
         T.check(done and data is None and err in NET_ERRNOS and secs <= 5.0,
-                "server down: an uncached file fails with ENETDOWN/EIO/ETIMEDOUT within 5 s "
-                "(took %.2f s, %s)" % (secs, errno.errorcode.get(err, err)),
+                "server down: an uncached file (UID %d) fails with ENETDOWN/EIO/ETIMEDOUT "
+                "within 5 s (took %.2f s, %s)" % (target, secs, errno.errorcode.get(err, err)),
                 expected="an error within 5 s",
                 seen="finished=%s, %s, %.2f s" % (
                     done, "%d bytes read" % len(data) if data is not None
@@ -687,6 +726,7 @@ def test_server_stopped():
         t0 = time.monotonic()
         attempts, last = 0, None
         ok_at = None
+        errs = {}
         while time.monotonic() - t0 < 15.0:
             attempts += 1
             data, err, secs, done = timed_read(
@@ -695,12 +735,14 @@ def test_server_stopped():
                 ok_at = time.monotonic() - t0
                 last = data
                 break
-            last = "finished=%s errno=%s" % (done, errno.errorcode.get(err, err))
+            name = errno.errorcode.get(err, str(err)) if done else "hang"
+            errs[name] = errs.get(name, 0) + 1
+            last = "finished=%s errno=%s" % (done, name)
             time.sleep(0.25)
         good = ok_at is not None and last == inbox.msgs[target].body
         T.check(good, "server back (same port): the uncached file reads byte-exact without "
-                "remounting after %s s (%d attempts)" % (
-                    "%.1f" % ok_at if ok_at is not None else "> 15", attempts),
+                "remounting after %s s (%d attempts; failures before: %s)" % (
+                    "%.1f" % ok_at if ok_at is not None else "> 15", attempts, errs or "none"),
                 expected="its bytes within 15 s",
                 seen=mismatch(last, inbox.msgs[target].body) if isinstance(last, bytes) else last)
         problems = []
@@ -711,13 +753,18 @@ def test_server_stopped():
 
 def test_kill9():
     """5. SIGKILL during a 20 MB fetch: no partial body file, a sound index."""
-    snap = S0.snapshot(only={BIG})
-    big = snap[BIG]
+    snap = S0.snapshot(only={BIG, "INBOX"})
+    big, inbox = snap[BIG], snap["INBOX"]
     (uid,) = big.msgs
     body = big.msgs[uid].body
     cache = new_cache("t5")
     with Proxy(HOST, S0.port) as px:
         with CMount(S0, cache, port=px.port, foreground=True) as m:
+            inames, _ = listing(m, inbox)
+            small, _ = spread(inames, 3)
+            problems = []
+            read_check(m, inbox, inames, small, problems)
+            T.none_of(problems, "through the proxy: 3 INBOX messages read byte-exact (cached)")
             names, _ = listing(m, big)
             path = file_path(m, big, names[uid])
             reached, go = threading.Event(), threading.Event()
@@ -770,6 +817,20 @@ def test_kill9():
             "after the kill: no body file for the 20 MB message (bodies/%s)" % big_rel,
             expected="absent", seen=sorted(files.items()))
     T.diag("after the kill: bodies/ %d files, tmp/ %s" % (len(files), tmp_files(cache)))
+    by_rel = {body_rel(ids.get(f.raw), f.uidvalidity, u): f.msgs[u].body
+              for f in (big, inbox) for u in f.msgs}
+    bad = []
+    for rel, size in sorted(files.items()):
+        want = by_rel.get(rel)
+        with open(os.path.join(cache, "bodies", rel), "rb") as fh:
+            got = fh.read()
+        if want is None or got != want:
+            bad.append("bodies/%s: %s" % (rel, "not a message read" if want is None
+                                          else mismatch(got, want)))
+    missing = [u for u in small if body_rel(ids.get("INBOX"), inbox.uidvalidity, u) not in files]
+    T.none_of(bad + ["INBOX UID %d: its body file is gone" % u for u in missing],
+              "after the kill: the %d body files are the 3 messages read before, complete and "
+              "byte-exact" % len(files))
     with index_copy(cache) as db:
         res = [r[0] for r in db.execute("PRAGMA integrity_check").fetchall()]
     T.check(res == ["ok"], "after the kill: PRAGMA integrity_check of the index is ok",
@@ -790,60 +851,155 @@ def test_size_limit():
     snap = S0.snapshot(only={"INBOX", BIG})
     inbox, big = snap["INBOX"], snap[BIG]
     (buid,) = big.msgs
+    bsize = len(big.msgs[buid].body)
     limit = MB
     cache = new_cache("t6")
+
+    def disk():
+        return sum(body_files(cache).values())
+
     with CMount(S0, cache, options=["cache_size=1M"]) as m:
         names, _ = listing(m, inbox)
         bnames, _ = listing(m, big)
+        small = min(inbox.msgs, key=lambda u: inbox.msgs[u].size)
+        spath = file_path(m, inbox, names[small])
+        bpath = file_path(m, big, bnames[buid])
+
+        def open_close_until(cond, seconds=3.0):
+            """Open/close (and read) one small file until cond() holds."""
+            def step():
+                read_file(spath, drop=True)
+                return cond()
+            return wait_for(step, seconds, step=0.1)
+
+        # A: well over the limit, then one more open/close; nothing open.
         problems = []
         total = read_check(m, inbox, names, sorted(inbox.msgs), problems)
         total += read_check(m, big, bnames, [buid], problems)
-        T.none_of(problems, "cache_size=1M: all INBOX and the 20 MB message read byte-exact "
-                  "(%d bytes)" % total)
+        T.none_of(problems, "A: all INBOX and the 20 MB message read byte-exact (%d bytes)"
+                  % total)
+        open_close_until(lambda: disk() <= limit)
+        files = body_files(cache)
+        c = m.counters()
+        T.check(sum(files.values()) <= limit,
+                "A: after one more open/close, bytes under bodies/ <= 1 MiB (no file open)",
+                expected="<= %d" % limit, seen="%d bytes in %d files" % (
+                    sum(files.values()), len(files)))
+        T.check(c["cache.evictions"] > 0, "A: cache.evictions > 0 (%d)" % c["cache.evictions"],
+                expected="> 0", seen=c["cache.evictions"])
+        T.check(c.get("cache.bytes_on_disk") == sum(files.values()),
+                "A: cache.bytes_on_disk equals the bytes under bodies/",
+                expected=sum(files.values()), seen=c.get("cache.bytes_on_disk"))
+
+        # B: a file kept open has its body on disk.
         fid = folder_ids(cache).get("INBOX")
         keep = max(inbox.msgs, key=lambda u: inbox.msgs[u].size)
         krel = body_rel(fid, inbox.uidvalidity, keep)
         ksize = len(inbox.msgs[keep].body)
-        fh = open(file_path(m, inbox, names[keep]), "rb", buffering=0)
+        kbody = inbox.msgs[keep].body
+        fk = open(file_path(m, inbox, names[keep]), "rb", buffering=0)
+        fb = None
         try:
-            kdata = fh.read(ksize + 1)
-            T.check(kdata == inbox.msgs[keep].body and krel in body_files(cache),
-                    "a %d-byte message kept open has its body file (bodies/%s)" % (ksize, krel),
-                    expected="its bytes and the file", seen=(mismatch(kdata, inbox.msgs[keep].body),
-                                                         krel in body_files(cache)))
-            problems = []
-            read_check(m, big, bnames, [buid], problems)  # 20 MB again: over the limit
-            small = min(inbox.msgs, key=lambda u: inbox.msgs[u].size)
-            read_check(m, inbox, names, [small], problems)  # one more open/close
-            T.none_of(problems, "while it is open: the 20 MB message and one more file read "
-                      "byte-exact")
-            ok = wait_for(lambda: sum(body_files(cache).values()) <= limit + ksize, 3.0)
+            os.posix_fadvise(fk.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+            kdata = fk.read(ksize + 1)
+            T.check(kdata == kbody and body_files(cache).get(krel) == ksize,
+                    "B: INBOX UID %d (%d bytes), kept open, reads byte-exact and has its body "
+                    "file bodies/%s" % (keep, ksize, krel), expected="its bytes and the file",
+                    seen=(mismatch(kdata, kbody), body_files(cache).get(krel)))
+
+            # C: the 20 MB message again, also kept open; then an open/close evicts.
+            fb = open(bpath, "rb", buffering=0)
+            os.posix_fadvise(fb.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+            parts = []
+            while True:
+                b = fb.read(MB)
+                if not b:
+                    break
+                parts.append(b)
+            bdata = b"".join(parts)
+            T.check(bdata == big.msgs[buid].body, "C: the 20 MB message, read again and kept "
+                    "open, reads byte-exact", expected="its bytes",
+                    seen=mismatch(bdata, big.msgs[buid].body))
+            ev0 = m.counters()["cache.evictions"]
+            open_close_until(lambda: disk() <= limit + ksize + bsize
+                             and m.counters()["cache.evictions"] > ev0)
             files = body_files(cache)
-            disk = sum(files.values())
             c = m.counters()
-            T.check(ok, "bytes under bodies/ <= 1 MiB + the open file (%d <= %d + %d)"
-                    % (disk, limit, ksize), expected="<= %d" % (limit + ksize),
-                    seen="%d bytes in %d files" % (disk, len(files)))
-            T.check(c["cache.evictions"] > 0, "cache.evictions > 0 (%d)" % c["cache.evictions"],
-                    expected="> 0", seen=c["cache.evictions"])
-            T.check(files.get(krel) == ksize, "the body of the open file survived the eviction",
+            T.check(sum(files.values()) <= limit + ksize + bsize
+                    and c["cache.evictions"] > ev0,
+                    "C: an open/close evicts; bytes under bodies/ <= 1 MiB + the 2 open files "
+                    "(%d <= %d + %d + %d)" % (sum(files.values()), limit, ksize, bsize),
+                    expected="an eviction and <= %d" % (limit + ksize + bsize),
+                    seen="evictions %d -> %d, %d bytes in %s" % (
+                        ev0, c["cache.evictions"], sum(files.values()), sorted(files)))
+            T.check(files.get(krel) == ksize,
+                    "C: the body of the open INBOX file survived the eviction",
                     expected="bodies/%s with %d bytes" % (krel, ksize), seen=files.get(krel))
-            T.check(c.get("cache.bytes_on_disk") == disk,
-                    "cache.bytes_on_disk equals the bytes under bodies/",
-                    expected=disk, seen=c.get("cache.bytes_on_disk"))
-            fh.seek(0)
-            again = fh.read(ksize + 1)
-            T.check(again == inbox.msgs[keep].body, "the open file still reads byte-exact",
-                    expected="its bytes", seen=mismatch(again, inbox.msgs[keep].body))
+
+            # D: close the 20 MB file; the cache is over the limit: the next
+            # open/close must bring it down (only the INBOX file is open).
+            fb.close()
+            fb = None
+            ok = open_close_until(lambda: disk() <= limit + ksize)
+            files = body_files(cache)
+            c = m.counters()
+            T.check(ok, "D: after the 20 MB file is closed, the next open/close brings "
+                    "bodies/ to <= 1 MiB + the open file (%d <= %d + %d)"
+                    % (sum(files.values()), limit, ksize),
+                    expected="<= %d within 3 s of open/close" % (limit + ksize),
+                    seen="%d bytes in %s (evictions %d, cache.bytes_on_disk %s)" % (
+                        sum(files.values()), sorted(files.items()), c["cache.evictions"],
+                        c.get("cache.bytes_on_disk")))
+            T.check(files.get(krel) == ksize,
+                    "D: the body of the open INBOX file is still there",
+                    expected="bodies/%s with %d bytes" % (krel, ksize), seen=files.get(krel))
+            fk.seek(0)
+            os.posix_fadvise(fk.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+            again = fk.read(ksize + 1)
+            T.check(again == kbody, "D: the open file still reads byte-exact",
+                    expected="its bytes", seen=mismatch(again, kbody))
         finally:
-            fh.close()
+            fk.close()
+            if fb is not None:
+                fb.close()
+        problems = []
+        read_check(m, inbox, names, sorted(inbox.msgs), problems, drop=True)
+        read_check(m, big, bnames, [buid], problems, drop=True)
+        T.none_of(problems, "after the evictions: every INBOX message and the 20 MB one read "
+                  "byte-exact")
+
+    # E: a cache over the limit at mount time (cache_size lowered between
+    # mounts): the first open/close brings it down.
+    cache = new_cache("t6e")
+    with CMount(S0, cache) as m:
+        names, _ = listing(m, inbox)
+        bnames, _ = listing(m, big)
         problems = []
         read_check(m, inbox, names, sorted(inbox.msgs), problems)
-        T.none_of(problems, "after eviction: every INBOX message reads byte-exact again")
-        wait_for(lambda: sum(body_files(cache).values()) <= limit, 3.0)
-        disk = sum(body_files(cache).values())
-        T.check(disk <= limit, "with no file open, bytes under bodies/ <= 1 MiB",
-                expected="<= %d" % limit, seen=disk)
+        read_check(m, big, bnames, [buid], problems)
+        T.none_of(problems, "E: without a limit, INBOX and the 20 MB message read byte-exact")
+        unmount(m, "E: mount without a limit")
+    before = disk()
+    with CMount(S0, cache, options=["cache_size=1M"]) as m:
+        names, _ = listing(m, inbox)
+        small = min(inbox.msgs, key=lambda u: inbox.msgs[u].size)
+        spath = file_path(m, inbox, names[small])
+        problems = []
+
+        def step():
+            data = read_file(spath, drop=True)
+            if data != inbox.msgs[small].body:
+                problems.append(mismatch(data, inbox.msgs[small].body))
+            return disk() <= limit
+        ok = wait_for(step, 3.0, step=0.1)
+        files = body_files(cache)
+        c = m.counters()
+        T.check(ok and not problems, "E: remount with cache_size=1M over a %d-byte cache: the "
+                "first open/close brings bodies/ to <= 1 MiB" % before,
+                expected="<= %d within 3 s of open/close" % limit,
+                seen="%d bytes in %d files (evictions %d, cache.bytes_on_disk %s) %s" % (
+                    sum(files.values()), len(files), c["cache.evictions"],
+                    c.get("cache.bytes_on_disk"), problems[:1]))
 
 
 def test_corrupt():
@@ -929,15 +1085,16 @@ def test_offline_mount():
     snap = srv.snapshot()
     folders = selectable(snap)
     inbox = snap["INBOX"]
-    uids = sorted(inbox.msgs)
-    cached, uncached = uids[:6], uids[6:]
     cache = new_cache("t8")
     with CMount(srv, cache) as m:
         problems = []
         names = list_all(m, snap, problems)
+        cached, uncached = spread(names["INBOX"], 6)
         read_check(m, inbox, names["INBOX"], cached, problems)
         T.none_of(problems, "warm-up: every folder listed, %d INBOX bodies read" % len(cached))
         unmount(m, "warm-up")
+    T.none_of(cached_state(cache, "INBOX", inbox, cached, uncached),
+              "warm-up: exactly those %d bodies are in the cache" % len(cached))
     top = sorted({f.path.split("/")[0] for f in snap.values()})
 
     dc.kill_server()
@@ -962,8 +1119,14 @@ def test_offline_mount():
                     f.path, len(now), len(names[f.raw])))
         T.none_of(problems, "%s: every folder lists as in the warm cache" % what)
         problems = []
-        read_check(m, inbox, names["INBOX"], cached, problems)
-        T.none_of(problems, "%s: the %d cached bodies read byte-exact" % (what, len(cached)))
+        c0 = m.counters()
+        read_check(m, inbox, names["INBOX"], cached, problems, drop=True)
+        c1 = m.counters()
+        if dl(c0, c1, "cache.body_hits") < len(cached):
+            problems.append("%d body hits for %d files" % (dl(c0, c1, "cache.body_hits"),
+                                                            len(cached)))
+        T.none_of(problems, "%s: the %d cached bodies read byte-exact from the body files"
+                  % (what, len(cached)))
 
     try:
         with CMount(srv, cache) as m:
@@ -1010,6 +1173,9 @@ def test_offline_mount():
                     expected="0 TCP connects, imap.connects 0, root %s" % top,
                     seen="%d TCP connects, imap.connects %d, root %s" % (
                         len(attempts), c["imap.connects"], root))
+            # Stop listening for real (a close() alone leaves the socket
+            # of a thread blocked in accept() listening): refused from now.
+            lsock.shutdown(socket.SHUT_RDWR)
             lsock.close()
             offline_checks(m, "-o offline (server down)")
     except MountError as e:
