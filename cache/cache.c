@@ -1218,13 +1218,14 @@ FolderState *cache_folder_fresh(Cache *c, guint64 folder_id,
 			    "no such folder");
 		return NULL;
 	}
-	/* Moves waiting to be sent are part of what this folder shows. */
-	cache_flush_moves_of(c, folder_id);
 	g_mutex_lock(&c->lock);
 	st = cache_state_get_locked(c, folder_id);
 	g_mutex_unlock(&c->lock);
 	g_mutex_lock(&st->sync_lock);
 	if (!st->fresh && g_get_monotonic_time() >= st->retry_at) {
+		/* A sync reads the index: moves waiting to be sent must be
+		 * in it first, or their messages would come back. */
+		cache_flush_moves_of(c, folder_id);
 		g_autoptr(GError) local = NULL;
 
 		if (folder_sync(c, f, st, &local)) {
@@ -1259,6 +1260,7 @@ gboolean cache_folder_revalidate(Cache *c, guint64 folder_id, GError **error)
 	g_mutex_unlock(&c->lock);
 	if (!st)
 		return TRUE; /* never looked at: nothing to keep in step */
+	cache_flush_moves_of(c, folder_id);
 	g_mutex_lock(&st->sync_lock);
 	if (st->msgs) {
 		ok = folder_sync(c, f, st, error);
@@ -1297,7 +1299,11 @@ void cache_folder_mark_stale(Cache *c, guint64 folder_id)
 
 GPtrArray *cache_folder_messages(Cache *c, guint64 folder_id, GError **error)
 {
-	FolderState *st = cache_folder_fresh(c, folder_id, NULL, error);
+	FolderState *st;
+
+	/* A listing shows moved messages under their new names. */
+	cache_flush_moves_of(c, folder_id);
+	st = cache_folder_fresh(c, folder_id, NULL, error);
 	GPtrArray *out;
 
 	if (!st)

@@ -58,10 +58,13 @@ typedef struct {
 	GHashTable *locals; /* ino -> LocalFile * */
 	GHashTable *hidden; /* message ids shown as a shadow instead */
 	guint64 next_local;
+	GPtrArray *aliases; /* names given to moved messages (local.c) */
 	/* watch.c */
 	struct fuse_session *se;
 	guint poll_s;
 	GAsyncQueue *inval;
+	GAsyncQueue *inval_later;
+	GThread *later_thread;
 	GThread *inval_thread;
 	GThread *poll_thread;
 	GMutex poll_lock;
@@ -113,6 +116,13 @@ GPtrArray *fs_local_shadows_of(Fs *fs, guint64 folder_id, const char *name);
 void fs_local_stat(Fs *fs, LocalFile *lf, struct stat *st);
 gboolean fs_is_scratch_name(const char *name);
 G_DEFINE_AUTOPTR_CLEANUP_FUNC(LocalFile, fs_local_unref)
+
+#define FS_ALIAS_TTL_US (2 * G_USEC_PER_SEC)
+void fs_alias_add(Fs *fs, guint64 folder_id, const char *name, CacheMessage *m);
+CacheMessage *fs_alias_lookup(Fs *fs, guint64 folder_id, const char *name);
+CacheMessage *fs_alias_by_id(Fs *fs, guint64 message_id);
+/* fs_invalidate() once the alias time has passed. */
+void fs_invalidate_later(Fs *fs, guint64 folder_id, const char *name);
 
 fuse_ino_t fs_folder_ino(guint64 folder_id);
 void fs_watch_start(Fs *fs);

@@ -20,6 +20,8 @@
 
 #define INO_LOCAL_BASE (G_GUINT64_CONSTANT(1) << 62)
 
+static void alias_free_cb(gpointer p);
+
 static void local_free(LocalFile *lf)
 {
 	if (lf->fd >= 0)
@@ -58,12 +60,14 @@ void fs_local_init(Fs *fs)
 	fs->hidden = g_hash_table_new_full(g_int64_hash, g_int64_equal, g_free,
 					   NULL);
 	fs->next_local = INO_LOCAL_BASE;
+	fs->aliases = g_ptr_array_new_with_free_func(alias_free_cb);
 }
 
 void fs_local_clear(Fs *fs)
 {
 	g_hash_table_unref(fs->locals);
 	g_hash_table_unref(fs->hidden);
+	g_ptr_array_unref(fs->aliases);
 	g_mutex_clear(&fs->local_lock);
 }
 
@@ -331,4 +335,88 @@ void fs_local_stat(Fs *fs, LocalFile *lf, struct stat *st)
 gboolean fs_is_scratch_name(const char *name)
 {
 	return !cache_is_message_name(name);
+}
+
+/* ---- aliases ----
+ * After `mv a.eml Folder/`, the kernel holds the name the user gave, and
+ * tools check it at once (mv stats every destination it made). The message
+ * shows in Folder under its own name (a new UID); the given name stays an
+ * alias of the moved message for a short while, then is invalidated. */
+
+typedef struct {
+	guint64 folder_id;
+	char *name;
+	CacheMessage *m;
+	gint64 expires;
+} Alias;
+
+static void alias_free(Alias *a)
+{
+	g_free(a->name);
+	cache_message_unref(a->m);
+	g_free(a);
+}
+
+static void aliases_prune_locked(Fs *fs)
+{
+	gint64 now = g_get_monotonic_time();
+
+	for (guint i = 0; i < fs->aliases->len; i++) {
+		Alias *a = fs->aliases->pdata[i];
+
+		if (a->expires <= now)
+			g_ptr_array_remove_index(fs->aliases, i--);
+	}
+}
+
+void fs_alias_add(Fs *fs, guint64 folder_id, const char *name, CacheMessage *m)
+{
+	Alias *a = g_new0(Alias, 1);
+
+	a->folder_id = folder_id;
+	a->name = g_strdup(name);
+	a->m = cache_message_ref(m);
+	a->expires = g_get_monotonic_time() + FS_ALIAS_TTL_US;
+	g_mutex_lock(&fs->local_lock);
+	aliases_prune_locked(fs);
+	g_ptr_array_add(fs->aliases, a);
+	g_mutex_unlock(&fs->local_lock);
+	fs_invalidate_later(fs, folder_id, name);
+}
+
+CacheMessage *fs_alias_lookup(Fs *fs, guint64 folder_id, const char *name)
+{
+	CacheMessage *m = NULL;
+
+	g_mutex_lock(&fs->local_lock);
+	aliases_prune_locked(fs);
+	for (guint i = 0; i < fs->aliases->len; i++) {
+		Alias *a = fs->aliases->pdata[i];
+
+		if (a->folder_id == folder_id && strcmp(a->name, name) == 0)
+			m = cache_message_ref(a->m);
+	}
+	g_mutex_unlock(&fs->local_lock);
+	return m;
+}
+
+CacheMessage *fs_alias_by_id(Fs *fs, guint64 message_id)
+{
+	CacheMessage *m = NULL;
+
+	g_mutex_lock(&fs->local_lock);
+	aliases_prune_locked(fs);
+	for (guint i = 0; i < fs->aliases->len; i++) {
+		Alias *a = fs->aliases->pdata[i];
+
+		if (a->m->id == message_id)
+			m = cache_message_ref(a->m);
+	}
+	g_mutex_unlock(&fs->local_lock);
+	return m;
+}
+
+static void alias_free_cb(gpointer p)
+{
+	alias_free(p);
 }

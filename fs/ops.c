@@ -216,6 +216,13 @@ static void fs_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 	}
 	if (!parent_id || !cache_is_message_name(name))
 		return (void)fuse_reply_err(req, ENOENT);
+	m = fs_alias_lookup(fs, (guint64)parent_id, name);
+	if (m) {
+		e.ino = message_ino(m->id);
+		message_stat(fs, m, &e.attr);
+		e.attr_timeout = e.entry_timeout = 0;
+		return (void)fuse_reply_entry(req, &e);
+	}
 	pf = cache_folder_get(fs->cache, (guint64)parent_id);
 	if (!pf || !pf->selectable)
 		return (void)fuse_reply_err(req, ENOENT);
@@ -257,6 +264,8 @@ static void fs_getattr(fuse_req_t req, fuse_ino_t ino,
 		g_autoptr(CacheMessage) m =
 			cache_message_get(fs->cache, ino - INO_MSG_BASE);
 
+		if (!m && (m = fs_alias_by_id(fs, ino - INO_MSG_BASE)))
+			timeout = 0;
 		if (!m)
 			return (void)fuse_reply_err(req, ENOENT);
 		message_stat(fs, m, &st);
@@ -1138,16 +1147,13 @@ static void fs_rename(fuse_req_t req, fuse_ino_t parent, const char *name,
 		/* The top level holds folders only. */
 		return (void)fuse_reply_err(req, EPERM);
 	}
-	{
-		g_autoptr(CacheMessage) moved = cache_message_move(
-			fs->cache, m->id, (guint64)dst, &error);
-
-		if (error)
-			return reply_error(req, error);
-	}
-	/* The kernel now has the old inode under @newname: the message
-	 * shows under its new name instead. */
-	fs_invalidate(fs, (guint64)dst, newname);
+	/* Batched with the next moves (see cache_message_move_later). */
+	if (!cache_message_move_later(fs->cache, m->id, (guint64)dst, &error))
+		return reply_error(req, error);
+	/* The kernel now has the old inode under @newname; the message
+	 * shows under its own name, and @newname stays an alias for a
+	 * moment (mv looks at every destination it made). */
+	fs_alias_add(fs, (guint64)dst, newname, m);
 	fuse_reply_err(req, 0);
 }
 

@@ -19,6 +19,7 @@ typedef struct {
 	fuse_ino_t parent;
 	GPtrArray *names; /* removed entries */
 	gboolean stop;
+	gint64 not_before; /* inval_later: when it is due */
 } Inval;
 
 static void inval_free(Inval *j)
@@ -79,6 +80,40 @@ void fs_invalidate(Fs *fs, guint64 folder_id, const char *name)
 	g_async_queue_push(fs->inval, j);
 }
 
+void fs_invalidate_later(Fs *fs, guint64 folder_id, const char *name)
+{
+	Inval *j = g_new0(Inval, 1);
+
+	j->parent = fs_folder_ino(folder_id);
+	j->names = g_ptr_array_new_with_free_func(g_free);
+	g_ptr_array_add(j->names, g_strdup(name));
+	j->not_before = g_get_monotonic_time() + FS_ALIAS_TTL_US;
+	g_async_queue_push(fs->inval_later, j);
+}
+
+/* Delayed invalidations all wait the same time: first in, first due. */
+static gpointer later_thread(gpointer data)
+{
+	Fs *fs = data;
+
+	for (;;) {
+		Inval *j = g_async_queue_pop(fs->inval_later);
+		gint64 wait;
+
+		if (j->stop) {
+			g_async_queue_push(fs->inval, j);
+			return NULL;
+		}
+		wait = j->not_before - g_get_monotonic_time();
+		if (wait > 0)
+			g_usleep((gulong)wait);
+		if (fs->se)
+			g_async_queue_push(fs->inval, j);
+		else
+			inval_free(j);
+	}
+}
+
 /* Every poll interval, bring the folders in use in step (a QRESYNC SELECT
  * each when nothing changed). */
 static gpointer poll_thread(gpointer data)
@@ -116,10 +151,12 @@ static gpointer poll_thread(gpointer data)
 void fs_watch_start(Fs *fs)
 {
 	fs->inval = g_async_queue_new();
+	fs->inval_later = g_async_queue_new();
 	g_mutex_init(&fs->poll_lock);
 	g_cond_init(&fs->poll_cond);
 	cache_set_change_func(fs->cache, changed_cb, fs);
 	fs->inval_thread = g_thread_new("inval", inval_thread, fs);
+	fs->later_thread = g_thread_new("inval-later", later_thread, fs);
 	if (fs->poll_s)
 		fs->poll_thread = g_thread_new("poll", poll_thread, fs);
 }
@@ -135,9 +172,12 @@ void fs_watch_stop(Fs *fs)
 	g_mutex_unlock(&fs->poll_lock);
 	if (fs->poll_thread)
 		g_thread_join(fs->poll_thread);
+	/* The stop goes through the delayed queue, which hands it on. */
 	stop->stop = TRUE;
-	g_async_queue_push(fs->inval, stop);
+	g_async_queue_push(fs->inval_later, stop);
+	g_thread_join(fs->later_thread);
 	g_thread_join(fs->inval_thread);
+	g_async_queue_unref(fs->inval_later);
 	g_async_queue_unref(fs->inval);
 	g_mutex_clear(&fs->poll_lock);
 	g_cond_clear(&fs->poll_cond);
