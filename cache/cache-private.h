@@ -66,6 +66,16 @@ struct _Cache {
 	gboolean evict_needed;
 	CacheChangeFunc change_func;
 	gpointer change_data;
+	/* watch.c */
+	GThread *watcher;
+	GCond watch_cond;
+	GHashTable *dirty; /* folder ids a change was reported for */
+	guint64 watch_id; /* the folder in use, IDLE'd on */
+	ImapClient *watch_client; /* one connection, IDLE only */
+	guint idle_generation; /* of the latest IDLE submitted */
+	gint idle_running; /* IDLE commands not finished */
+	gint64 idle_restart_at; /* 0: no restart pending */
+	gboolean watch_stop;
 	GPtrArray *move_batches; /* MoveBatch *, see write.c */
 	GThread *mover;
 	GCond mover_cond;
@@ -114,6 +124,10 @@ void cache_body_unlink_locked(Cache *c, const char *path);
 /* Write a complete body file (tmp, fsync, rename). */
 gboolean cache_body_store(Cache *c, const char *path, const char *data,
 			  gsize len);
+/* watch.c */
+void cache_watch_start(Cache *c);
+void cache_watch_stop(Cache *c);
+void cache_append_watch_counters(Cache *c, GString *out);
 /* write.c: batched moves */
 void cache_movers_start(Cache *c);
 void cache_movers_stop(Cache *c);

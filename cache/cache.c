@@ -303,6 +303,7 @@ Cache *cache_open(ImapClient *client, const CacheConfig *cfg, GError **error)
 	load_folders(c);
 	cache_body_scan(c);
 	cache_movers_start(c);
+	cache_watch_start(c);
 	return g_steal_pointer(&c);
 }
 
@@ -310,6 +311,7 @@ void cache_free(Cache *c)
 {
 	if (!c)
 		return;
+	cache_watch_stop(c);
 	cache_movers_stop(c);
 	cache_db_close(c);
 	if (c->cfg.keep == CACHE_KEEP_NONE)
@@ -1414,6 +1416,7 @@ void cache_append_counters(Cache *c, GString *out)
 		ic.connects, cc.folder_syncs, cc.body_hits, cc.body_fetches,
 		cc.range_fetches, cc.prefetches, cc.body_bytes_fetched,
 		cc.evictions, cc.header_hits, bytes_on_disk);
+	cache_append_watch_counters(c, out);
 	for (guint i = 0; i < imap_client_n_connections(c->client); i++) {
 		ImapCounters k = imap_client_connection_counters(c->client, i);
 

@@ -111,6 +111,9 @@ GPtrArray *cache_folder_messages(Cache *cache, guint64 folder_id,
  * did. Folders never looked at are left alone. */
 gboolean cache_folder_revalidate(Cache *cache, guint64 folder_id,
 				 GError **error);
+/* The folder in use: watch it with IDLE (one at a time), so other
+ * clients' changes show within a moment. */
+void cache_watch_folder(Cache *cache, guint64 folder_id);
 /* Ids of the folders looked at in this mount. */
 GArray *cache_watched_folders(Cache *cache);
 CacheMessage *cache_message_get(Cache *cache, guint64 id);

@@ -331,6 +331,7 @@ static void fs_opendir(fuse_req_t req, fuse_ino_t ino,
 
 		if (!msgs)
 			return reply_error(req, error);
+		cache_watch_folder(fs->cache, id);
 		for (guint i = 0; i < msgs->len; i++) {
 			CacheMessage *m = msgs->pdata[i];
 

@@ -52,6 +52,26 @@ ImapClient *imap_client_new(const ImapConfig *config)
 	return client;
 }
 
+ImapClient *imap_client_new_sibling(ImapClient *client, guint max_connections)
+{
+	ImapConfig cfg = client->config;
+	ImapClient *sib;
+
+	cfg.max_connections = max_connections;
+	sib = imap_client_new(&cfg);
+	g_mutex_lock(&client->lock);
+	if (client->password) {
+		/* The same login without asking the password command again
+		 * (it may prompt). */
+		sib->password = g_new0(ImapSecret, 1);
+		sib->password->data = g_strndup(client->password->data,
+						client->password->len);
+		sib->password->len = client->password->len;
+	}
+	g_mutex_unlock(&client->lock);
+	return sib;
+}
+
 void imap_client_free(ImapClient *client)
 {
 	g_autoptr(GPtrArray) conns = NULL;

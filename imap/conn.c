@@ -1010,14 +1010,26 @@ static SendVerdict can_send(ImapConn *conn, ImapFlight *f)
 	if (conn->cont_flight)
 		return SEND_WAIT;
 	for (GList *l = conn->inflight.head; l; l = l->next) {
-		if (((ImapFlight *)l->data)->cmd->is_idle)
+		ImapFlight *x = l->data;
+
+		/* After DONE the server reads commands again (RFC 2177):
+		 * they may follow it at once. */
+		if (x->cmd->is_idle && !x->done_sent)
 			return SEND_WAIT;
 	}
 	if (g_queue_get_length(&conn->inflight) >= MAX_IN_FLIGHT ||
 	    conn->wbuf->len - conn->wpos > MAX_WBUF)
 		return SEND_WAIT;
-	if (cmd->is_idle || is_select_verb(cmd))
+	if (is_select_verb(cmd))
 		return inflight_busy(conn) ? SEND_WAIT : SEND_NOW;
+	if (cmd->is_idle) {
+		if (inflight_busy(conn))
+			return SEND_WAIT;
+		if (cmd->mailbox &&
+		    g_strcmp0(conn->selected, cmd->mailbox) != 0)
+			return SEND_SELECT_FIRST;
+		return SEND_NOW;
+	}
 	if (!cmd->mailbox)
 		return SEND_NOW;
 	if (select_in_flight(conn))

@@ -423,6 +423,9 @@ typedef struct {
 /* Copies @config. No connection is opened until one is needed (or
  * imap_client_connect()). */
 ImapClient *imap_client_new(const ImapConfig *config);
+/* A second client for the same account (its own connections and
+ * counters, e.g. one that only IDLEs); shares the password already read. */
+ImapClient *imap_client_new_sibling(ImapClient *client, guint max_connections);
 /* Fails every outstanding command with IMAP_ERROR_CANCELLED, logs out,
  * joins the I/O threads. */
 void imap_client_free(ImapClient *client);

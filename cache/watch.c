@@ -1,0 +1,202 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Seeing other clients' changes: the folder in use is watched with IDLE on
+ * a connection of its own (so reads never interrupt it and its traffic is
+ * counted apart, as imap.watch.*). New, expunged and re-flagged messages
+ * make that folder resync (one QRESYNC SELECT) within a moment, and the
+ * resync tells the file system exactly what to invalidate. The other
+ * folders are left to the poll (fs/watch.c).
+ */
+#include "cache-private.h"
+
+#include <string.h>
+
+/* Changes come in bursts: one resync per folder per this interval. */
+#define SETTLE_US (200 * 1000)
+/* After the watch connection failed, wait this long before trying again. */
+#define RETRY_US (5 * G_USEC_PER_SEC)
+
+typedef struct {
+	Cache *c;
+	guint generation;
+} IdleCall;
+
+static void idle_done_cb(ImapResult *result, const GError *error,
+			 gpointer user_data);
+
+/* c->lock held. */
+static void start_idle_locked(Cache *c)
+{
+	g_autoptr(ImapCommand) cmd = NULL;
+	CacheFolder *f = g_hash_table_lookup(c->folders, &c->watch_id);
+	IdleCall *call;
+
+	if (c->watch_stop || !f || !f->raw || !c->watch_client ||
+	    !imap_client_has_cap(c->client, "IDLE"))
+		return;
+	call = g_new0(IdleCall, 1);
+	call->c = c;
+	call->generation = ++c->idle_generation;
+	cmd = imap_cmd_idle(f->raw);
+	c->idle_running++;
+	/* A new command ends the IDLE before it (the engine sends DONE):
+	 * submitting the next IDLE is how the watch changes folders. */
+	imap_client_submit(c->watch_client, cmd, idle_done_cb, call);
+}
+
+static void idle_done_cb(ImapResult *result, const GError *error,
+			 gpointer user_data)
+{
+	IdleCall *call = user_data;
+	Cache *c = call->c;
+
+	imap_result_free(result);
+	g_mutex_lock(&c->lock);
+	c->idle_running--;
+	if (call->generation == c->idle_generation && !c->watch_stop) {
+		/* Ended without being replaced: the connection broke, or
+		 * the server ended it. Watch again a little later. */
+		c->idle_restart_at =
+			g_get_monotonic_time() + (error ? RETRY_US : SETTLE_US);
+	}
+	g_cond_broadcast(&c->watch_cond);
+	g_mutex_unlock(&c->lock);
+	g_free(call);
+}
+
+/* The engine's events: on an I/O thread, no lock held. */
+static void event_cb(const ImapEvent *ev, gpointer user_data)
+{
+	Cache *c = user_data;
+	guint64 *id;
+
+	if (!ev->mailbox)
+		return;
+	switch (ev->kind) {
+	case IMAP_EVENT_EXISTS:
+	case IMAP_EVENT_EXPUNGED:
+	case IMAP_EVENT_VANISHED:
+	case IMAP_EVENT_FETCH:
+		break;
+	default:
+		return;
+	}
+	g_mutex_lock(&c->lock);
+	id = g_hash_table_lookup(c->folder_ids, ev->mailbox);
+	if (id) {
+		g_hash_table_add(c->dirty, g_memdup2(id, sizeof(*id)));
+		g_cond_broadcast(&c->watch_cond);
+	}
+	g_mutex_unlock(&c->lock);
+}
+
+static gpointer watcher_thread(gpointer data)
+{
+	Cache *c = data;
+
+	g_mutex_lock(&c->lock);
+	while (!c->watch_stop) {
+		GHashTableIter it;
+		gpointer k;
+		g_autoptr(GArray) ids = NULL;
+		gint64 now = g_get_monotonic_time();
+
+		if (c->idle_restart_at && now >= c->idle_restart_at) {
+			c->idle_restart_at = 0;
+			start_idle_locked(c);
+		}
+		if (g_hash_table_size(c->dirty) == 0) {
+			if (c->idle_restart_at)
+				g_cond_wait_until(&c->watch_cond, &c->lock,
+						  c->idle_restart_at);
+			else
+				g_cond_wait(&c->watch_cond, &c->lock);
+			continue;
+		}
+		/* Let the burst settle. */
+		g_cond_wait_until(&c->watch_cond, &c->lock, now + SETTLE_US);
+		if (c->watch_stop)
+			break;
+		ids = g_array_new(FALSE, FALSE, sizeof(guint64));
+		g_hash_table_iter_init(&it, c->dirty);
+		while (g_hash_table_iter_next(&it, &k, NULL))
+			g_array_append_val(ids, *(guint64 *)k);
+		g_hash_table_remove_all(c->dirty);
+		g_mutex_unlock(&c->lock);
+		for (guint i = 0; i < ids->len; i++) {
+			g_autoptr(GError) error = NULL;
+
+			if (!cache_folder_revalidate(
+				    c, g_array_index(ids, guint64, i), &error))
+				g_debug("resync after a change: %s",
+					error->message);
+		}
+		g_mutex_lock(&c->lock);
+	}
+	g_mutex_unlock(&c->lock);
+	return NULL;
+}
+
+void cache_watch_start(Cache *c)
+{
+	g_cond_init(&c->watch_cond);
+	c->dirty = g_hash_table_new_full(g_int64_hash, g_int64_equal, g_free,
+					 NULL);
+	imap_client_set_event_handler(c->client, event_cb, c);
+	c->watcher = g_thread_new("watcher", watcher_thread, c);
+}
+
+void cache_watch_stop(Cache *c)
+{
+	ImapClient *wc;
+
+	if (!c->watcher)
+		return;
+	g_mutex_lock(&c->lock);
+	c->watch_stop = TRUE;
+	wc = g_steal_pointer(&c->watch_client);
+	g_cond_broadcast(&c->watch_cond);
+	g_mutex_unlock(&c->lock);
+	/* Ends the IDLE (DONE, LOGOUT) and runs its callback. */
+	if (wc)
+		imap_client_free(wc);
+	imap_client_set_event_handler(c->client, NULL, NULL);
+	g_thread_join(c->watcher);
+	c->watcher = NULL;
+	g_hash_table_unref(c->dirty);
+	g_cond_clear(&c->watch_cond);
+}
+
+void cache_watch_folder(Cache *c, guint64 folder_id)
+{
+	g_mutex_lock(&c->lock);
+	if (c->watch_stop || (c->watch_id == folder_id && c->idle_running)) {
+		g_mutex_unlock(&c->lock);
+		return;
+	}
+	c->watch_id = folder_id;
+	if (!c->watch_client) {
+		c->watch_client = imap_client_new_sibling(c->client, 1);
+		imap_client_set_event_handler(c->watch_client, event_cb, c);
+	}
+	start_idle_locked(c);
+	g_mutex_unlock(&c->lock);
+}
+
+void cache_append_watch_counters(Cache *c, GString *out)
+{
+	ImapClient *wc;
+	ImapCounters k = {0};
+
+	g_mutex_lock(&c->lock);
+	wc = c->watch_client;
+	if (wc)
+		k = imap_client_counters(wc);
+	g_mutex_unlock(&c->lock);
+	g_string_append_printf(out,
+			       "imap.watch.commands %" G_GUINT64_FORMAT "\n"
+			       "imap.watch.bytes_in %" G_GUINT64_FORMAT "\n"
+			       "imap.watch.bytes_out %" G_GUINT64_FORMAT "\n"
+			       "imap.watch.connects %" G_GUINT64_FORMAT "\n",
+			       k.commands, k.bytes_in, k.bytes_out, k.connects);
+}
