@@ -1221,9 +1221,38 @@ def test_fstab():
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+def test_secrets():
+    """The password never shows: not in ps, not in the -d protocol trace,
+    not in the cache (index and bodies)."""
+    pw = password().encode()
+    with Mount(EXE, foreground=True, extra_args=["-d"]) as m:
+        inbox = SERVER["INBOX"]
+        read_file(path_of(m.path, "INBOX", min(inbox.msgs)))
+        procs = run(["ps", "-eo", "args"], timeout=30).stdout
+        T.check(pw not in procs, "secrets: the password is not on any command line (ps)",
+                expected="absent", seen="present" if pw in procs else "absent")
+        fusermount(m.path)
+        wait_for(lambda: m.proc.poll() is not None, 10)
+        log = open(m.log_path, "rb").read()
+        T.check(b"AUTHENTICATE" in log or b"LOGIN" in log,
+                "secrets: the -d trace shows the login command",
+                expected="a login in the trace", seen=short(log[:300].decode("utf-8", "replace")))
+        T.check(pw not in log and b"***" in log,
+                "secrets: the -d trace shows *** instead of the password",
+                expected="*** and no password", seen="password found" if pw in log else "ok")
+        leaks = []
+        for root, dirs, files in os.walk(m.cache):
+            for f in files:
+                with open(os.path.join(root, f), "rb") as fh:
+                    if pw in fh.read():
+                        leaks.append(os.path.join(root, f))
+        T.none_of(leaks, "secrets: no file of the cache (index, bodies) holds the password")
+
+
 TESTS = [test_cli_errors, test_daemon, test_signals, test_variants, test_tree, test_listing, test_find, test_xattrs,
          test_counters, test_pread, test_read_all, test_grep, test_rsync, test_names_edge,
          test_stable_names, test_inodes, test_readonly, test_quota, test_fstab,
+         test_secrets,
          test_final_state]
 
 
