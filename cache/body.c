@@ -422,7 +422,10 @@ static gboolean fetch_untagged_cb(const ImapResponse *resp, gpointer user_data)
 	if (!sec || !sec->value || sec->value->type != IMAP_VALUE_STREAMED)
 		return TRUE; /* flags of another client's change, or NIL */
 	h = sec->value->sink_handle;
-	if (!h->complete)
+	/* No message is empty: an empty body is what Dovecot sends for a
+	 * message another client expunged (with OK [EXPUNGEISSUED]). It is
+	 * never stored, never served. */
+	if (!h->complete || h->written == 0)
 		return TRUE;
 	if (f->range_fd >= 0) {
 		if (fd->uid == GPOINTER_TO_UINT(g_hash_table_lookup(

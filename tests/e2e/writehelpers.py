@@ -8,6 +8,7 @@ state always comes from imaplib with EXAMINE and BODY.PEEK.
 """
 
 import glob
+import socket
 import hashlib
 import os
 import re
@@ -148,9 +149,9 @@ class Expect:
         return None
 
     def compare(self, srv, raws=None):
-        """Problems (strings) between the server and the expectation; the
-        pending messages found become known (their new UIDs are returned
-        as {label: (raw, uid)})."""
+        """Problems (strings) between the server and the expectation, and
+        {label: (raw, uid)} of the pending messages found.  Changes nothing:
+        commit() makes the found messages known."""
         problems, found = [], {}
         for raw in sorted(raws if raws is not None else self.known):
             try:
@@ -167,35 +168,39 @@ class Expect:
                 gd, gf = got[uid][0], got[uid][1]
                 if gd != digest:
                     problems.append("%s: UID %d (%s) has other bytes (sha256 %s, expected %s)"
-                                    % (raw, uid, label, gd[:12], digest[:12]))
+                                    % (raw, uid, label, (gd or "?")[:12], digest[:12]))
                 if gf != flags:
                     problems.append("%s: UID %d (%s) flags %s, expected %s"
                                     % (raw, uid, label, sorted(gf), sorted(flags)))
                 rest.pop(uid, None)
-            still = []
             for digest, flags, label in pending:
                 cand = [u for u, v in sorted(rest.items()) if v[0] == digest]
                 if not cand:
-                    still.append((digest, flags, label))
-                    problems.append("%s: the message %s (sha256 %s) did not arrive"
+                    problems.append("%s: the message %s (sha256 %s) is not there"
                                     % (raw, label, digest[:12]))
                     continue
                 uid = cand[0]
                 gf = rest.pop(uid)[1]
                 if uid <= self.maxuid.get(raw, 0):
-                    problems.append("%s: %s arrived with UID %d, not above the highest "
+                    problems.append("%s: %s is there with UID %d, not above the highest "
                                     "earlier UID %d" % (raw, label, uid, self.maxuid[raw]))
                 if flags is not None and gf != flags:
                     problems.append("%s: new UID %d (%s) flags %s, expected %s"
                                     % (raw, uid, label, sorted(gf), sorted(flags)))
-                found[label] = (raw, uid)
-                self.have(raw, uid, digest, gf, label)
-            self.pending[raw] = still
+                found[label] = (raw, uid, digest, gf)
             for uid, v in sorted(rest.items()):
                 problems.append("%s: unexpected UID %d on the server (sha256 %s, %d bytes, "
                                 "flags %s)" % (raw, uid, (v[0] or "?")[:12], v[3], sorted(v[1])))
-                self.maxuid[raw] = max(self.maxuid.get(raw, 0), uid)
         return problems, found
+
+    def commit(self, found):
+        """The pending messages found on the server become known."""
+        out = {}
+        for label, (raw, uid, digest, flags) in found.items():
+            self.pending[raw] = [p for p in self.pending[raw] if p[2] != label]
+            self.have(raw, uid, digest, flags, label)
+            out[label] = (raw, uid)
+        return out
 
 
 # ---- what a session sent ---------------------------------------------------------
@@ -343,3 +348,76 @@ class Trigger(threading.Thread):
     def stop(self):
         self.stop_flag.set()
         self.join(5)
+
+
+# ---- a proxy that cuts at a command, deterministically -----------------------------------
+
+from proxy import Proxy  # noqa: E402
+
+
+class FaultProxy(Proxy):
+    """tests/fixture/proxy.py's Proxy, plus arm(): when a client chunk
+    containing `pattern` arrives, before it is forwarded,
+      - "drop": every connection is cut and the chunk never reaches the
+        server (the command is not executed);
+      - "answer": cut_at is set to the server bytes so far + k, then the
+        chunk is forwarded: the server executes the command and the
+        connection dies k bytes into what it sends next (its answer).
+    The decision is made in the pump thread itself, so there is no race
+    with the server's answer.  fired is set when the cut happened."""
+
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        self.armed = None
+        self.fired = threading.Event()
+        self.armed_fired = False
+
+    def arm(self, pattern, action, k=1):
+        self.fired.clear()
+        self.armed = (pattern, action, k)
+
+    def disarm(self):
+        self.armed = None
+        with self.lock:
+            self.cut_at = None
+
+    def cut(self):
+        super().cut()
+        self.fired.set()
+
+    def _pump(self, src, dst, record):
+        if record is None:
+            return Proxy._pump(self, src, dst, record)
+        tail = b""
+        while True:
+            try:
+                data = src.recv(65536)
+            except OSError:
+                data = b""
+            while self.stall and not self.closed:
+                time.sleep(0.01)
+            if not data:
+                break
+            armed = self.armed
+            if armed is not None and armed[0] in tail + data:
+                self.armed = None
+                with self.lock:
+                    record.append(data)
+                if armed[1] == "drop":
+                    self.cut()
+                    return
+                with self.lock:
+                    self.cut_at = self.server_bytes + armed[2]
+            else:
+                with self.lock:
+                    record.append(data)
+            tail = (tail + data)[-64:]
+            try:
+                dst.sendall(data)
+            except OSError:
+                break
+        for s in (src, dst):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
