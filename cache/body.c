@@ -483,6 +483,10 @@ static gboolean fetch_untagged_cb(const ImapResponse *resp, gpointer user_data)
 		sqlite3_finalize(st);
 	}
 	body_stored_locked(f->c, h->written);
+	/* This body is there: its reader need not wait for the rest of a
+	 * prefetch batch. */
+	g_hash_table_remove(f->c->fetching, &id);
+	g_cond_broadcast(&f->c->fetch_cond);
 	g_mutex_unlock(&f->c->lock);
 	return TRUE;
 }
@@ -665,8 +669,9 @@ static gboolean body_ensure(Cache *c, CacheMessage *m, GError **error)
 /* ---- prefetch on sequential scans ---- */
 
 void cache_prefetch_after(Cache *c, guint64 folder_id, FolderState *st,
-			  guint index)
+			  int order, guint index)
 {
+	GPtrArray *seq;
 	g_autoptr(GArray) uids = g_array_new(FALSE, FALSE, sizeof(guint32));
 	g_autofree char *raw = folder_raw(c, folder_id);
 	Fetch *f = NULL;
@@ -676,15 +681,16 @@ void cache_prefetch_after(Cache *c, guint64 folder_id, FolderState *st,
 	if (!raw)
 		return;
 	g_mutex_lock(&c->lock);
-	if (!st->msgs) {
+	seq = order == 0 ? st->msgs : st->by_id;
+	if (!seq) {
 		g_mutex_unlock(&c->lock);
 		return;
 	}
-	i = MAX(index + 1, st->prefetched_upto);
-	for (; i < st->msgs->len && uids->len < CACHE_PREFETCH_MESSAGES &&
+	i = MAX(index + 1, st->prefetched_upto[order]);
+	for (; i < seq->len && uids->len < CACHE_PREFETCH_MESSAGES &&
 	       bytes < CACHE_PREFETCH_BYTES;
 	     i++) {
-		CacheMessage *m = st->msgs->pdata[i];
+		CacheMessage *m = seq->pdata[i];
 		g_autofree char *path = NULL;
 
 		if (m->size > CACHE_RANGE_THRESHOLD)
@@ -700,7 +706,7 @@ void cache_prefetch_after(Cache *c, guint64 folder_id, FolderState *st,
 		g_array_append_val(uids, m->uid);
 		bytes += m->size;
 	}
-	st->prefetched_upto = i;
+	st->prefetched_upto[order] = i;
 	c->counters.prefetches += uids->len;
 	g_mutex_unlock(&c->lock);
 	if (!f)

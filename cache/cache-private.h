@@ -41,9 +41,12 @@ typedef struct {
 	GHashTable *index_of; /* message id -> index in msgs + 1 */
 	guint32 uidvalidity;
 	gint64 retry_at; /* offline: next time to try the server */
-	gint last_index; /* sequential access detection */
-	guint streak;
-	guint prefetched_upto;
+	GPtrArray *by_id; /* msgs in row id (inode) order, borrowed */
+	GHashTable *id_index_of; /* message id -> index in by_id + 1 */
+	/* Sequential access, [0] in listing order, [1] in inode order. */
+	gint last_index[2];
+	guint streak[2];
+	guint prefetched_upto[2];
 } FolderState;
 
 struct _Cache {
@@ -136,6 +139,6 @@ void cache_flush_moves_of(Cache *c, guint64 folder_id);
 void cache_folder_mark_stale(Cache *c, guint64 folder_id);
 void cache_note_open(Cache *c, const CacheMessage *m);
 void cache_prefetch_after(Cache *c, guint64 folder_id, FolderState *st,
-			  guint index);
+			  int order, guint index);
 
 G_END_DECLS

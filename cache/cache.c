@@ -56,6 +56,8 @@ static void state_free(FolderState *st)
 	g_clear_pointer(&st->msgs, g_ptr_array_unref);
 	g_clear_pointer(&st->by_name, g_hash_table_unref);
 	g_clear_pointer(&st->index_of, g_hash_table_unref);
+	g_clear_pointer(&st->by_id, g_ptr_array_unref);
+	g_clear_pointer(&st->id_index_of, g_hash_table_unref);
 	g_free(st);
 }
 
@@ -69,7 +71,7 @@ FolderState *cache_state_get_locked(Cache *c, guint64 id)
 		*key = id;
 		st = g_new0(FolderState, 1);
 		g_mutex_init(&st->sync_lock);
-		st->last_index = -2;
+		st->last_index[0] = st->last_index[1] = -2;
 		g_hash_table_insert(c->states, key, st);
 	}
 	return st;
@@ -700,6 +702,14 @@ gboolean cache_run_batch(Cache *c, ImapCommand **cmds, guint n, GError **error)
 	return TRUE;
 }
 
+static gint compare_message_ids(gconstpointer a, gconstpointer b)
+{
+	const CacheMessage *ma = *(CacheMessage *const *)a;
+	const CacheMessage *mb = *(CacheMessage *const *)b;
+
+	return ma->id < mb->id ? -1 : ma->id > mb->id;
+}
+
 static gint compare_message_names(gconstpointer a, gconstpointer b)
 {
 	const CacheMessage *ma = *(CacheMessage *const *)a;
@@ -894,6 +904,10 @@ void cache_install_messages_locked(Cache *c, FolderState *st, GPtrArray *msgs,
 	st->by_name = g_hash_table_new(g_str_hash, g_str_equal);
 	st->index_of = g_hash_table_new_full(g_int64_hash, g_int64_equal,
 					     g_free, NULL);
+	g_clear_pointer(&st->by_id, g_ptr_array_unref);
+	g_clear_pointer(&st->id_index_of, g_hash_table_unref);
+	st->id_index_of = g_hash_table_new_full(g_int64_hash, g_int64_equal,
+						g_free, NULL);
 	for (guint i = 0; i < msgs->len; i++) {
 		CacheMessage *m = msgs->pdata[i];
 
@@ -909,10 +923,31 @@ void cache_install_messages_locked(Cache *c, FolderState *st, GPtrArray *msgs,
 		g_hash_table_insert(c->messages, cache_id_key(m->id),
 				    cache_message_ref(m));
 	}
+	/* The same messages in inode (row id) order: cp -a reads that way. */
+	/* Borrowed pointers, no free function of its own. */
+	st->by_id = g_ptr_array_sized_new(msgs->len);
+	for (guint i = 0; i < msgs->len; i++)
+		g_ptr_array_add(st->by_id, msgs->pdata[i]);
+	g_ptr_array_sort(st->by_id, compare_message_ids);
+	for (guint i = 0; i < st->by_id->len; i++) {
+		CacheMessage *m = st->by_id->pdata[i];
+
+		g_hash_table_insert(st->id_index_of, cache_id_key(m->id),
+				    GUINT_TO_POINTER(i + 1));
+	}
 	st->uidvalidity = uidvalidity;
-	st->last_index = -2;
-	st->streak = 0;
-	st->prefetched_upto = 0;
+	for (guint o = 0; o < 2; o++) {
+		st->last_index[o] = -2;
+		st->streak[o] = 0;
+		st->prefetched_upto[o] = 0;
+	}
+}
+
+static gint compare_uid_keys(gconstpointer a, gconstpointer b)
+{
+	guint32 x = GPOINTER_TO_UINT(a), y = GPOINTER_TO_UINT(b);
+
+	return x < y ? -1 : x > y;
 }
 
 /* Apply a sync to the index and the snapshot; tell the file system what
@@ -958,8 +993,14 @@ static void apply_sync(Cache *c, CacheFolder *f, FolderState *st,
 			g_ptr_array_add(msgs, cache_message_ref(m));
 		}
 	}
-	g_hash_table_iter_init(&it, sr->fresh);
-	while (g_hash_table_iter_next(&it, &k, &v)) {
+	/* In UID order: row ids (and so inode numbers) follow arrival, and
+	 * tools that read in inode order (cp -a) read in arrival order. */
+	g_autoptr(GList) fresh_uids = g_hash_table_get_keys(sr->fresh);
+
+	fresh_uids = g_list_sort(fresh_uids, compare_uid_keys);
+	for (GList *l = fresh_uids; l; l = l->next) {
+		k = l->data;
+		v = g_hash_table_lookup(sr->fresh, k);
 		Meta *m = v;
 
 		if ((m->has &
@@ -1351,26 +1392,35 @@ CacheMessage *cache_message_lookup(Cache *c, guint64 folder_id,
 void cache_note_open(Cache *c, const CacheMessage *m)
 {
 	FolderState *st;
-	guint index;
-	gboolean prefetch = FALSE;
+	int order = -1;
+	guint index = 0;
 
 	g_mutex_lock(&c->lock);
 	st = g_hash_table_lookup(c->states, &m->folder_id);
-	index = st && st->index_of ? GPOINTER_TO_UINT(g_hash_table_lookup(
-					     st->index_of, &m->id))
-				   : 0;
-	if (index) {
-		index--;
-		if ((gint)index == st->last_index + 1)
-			st->streak++;
-		else if ((gint)index != st->last_index)
-			st->streak = 0;
-		st->last_index = (gint)index;
-		prefetch = st->streak >= 1 && index + 1 >= st->prefetched_upto;
+	/* Two orders count as sequential: the listing's (ls, grep -r, tar,
+	 * rsync) and the inodes' (cp -a sorts by inode number). */
+	for (int o = 0; st && st->index_of && o < 2; o++) {
+		GHashTable *map = o == 0 ? st->index_of : st->id_index_of;
+		guint i = GPOINTER_TO_UINT(g_hash_table_lookup(map, &m->id));
+
+		if (!i)
+			continue;
+		i--;
+		if ((gint)i == st->last_index[o] + 1)
+			st->streak[o]++;
+		else if ((gint)i != st->last_index[o])
+			st->streak[o] = 0;
+		st->last_index[o] = (gint)i;
+		/* Keep the next batch coming before this one runs out. */
+		if (order < 0 && st->streak[o] >= 1 &&
+		    i + CACHE_PREFETCH_MESSAGES / 2 >= st->prefetched_upto[o]) {
+			order = o;
+			index = i;
+		}
 	}
 	g_mutex_unlock(&c->lock);
-	if (prefetch)
-		cache_prefetch_after(c, m->folder_id, st, index);
+	if (order >= 0)
+		cache_prefetch_after(c, m->folder_id, st, order, index);
 }
 
 CacheStats cache_stats(Cache *c)
