@@ -665,6 +665,9 @@ int main(int argc, char **argv)
 {
 	struct fuse_args args = FUSE_ARGS_INIT(argc, argv);
 	RawOptions raw = {.positional = g_ptr_array_new_with_free_func(g_free)};
+
+	/* A peer that hangs up must end a connection, not the daemon. */
+	signal(SIGPIPE, SIG_IGN);
 	FsOptions opts = {0};
 	g_autoptr(GError) error = NULL;
 	int status = 1;

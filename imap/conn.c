@@ -15,6 +15,8 @@
 
 #include <errno.h>
 #include <poll.h>
+#include <pthread.h>
+#include <signal.h>
 #include <string.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
@@ -714,8 +716,10 @@ static gboolean conn_starttls(ImapConn *conn, gint64 deadline, GError **error)
 		return FALSE;
 	}
 	if (!imap_stream_start_tls(conn->stream, cfg->host, cfg->cafile,
-				   cfg->timeout_ms, error))
+				   cfg->timeout_ms, error)) {
+		g_prefix_error(error, "STARTTLS: ");
 		return FALSE;
+	}
 	/* Capabilities from before TLS may have been tampered with. */
 	g_clear_pointer(&conn->caps, g_hash_table_unref);
 	return TRUE;
@@ -1525,6 +1529,14 @@ static void conn_logout(ImapConn *conn)
 static gpointer conn_thread(gpointer data)
 {
 	ImapConn *conn = data;
+	sigset_t pipe;
+
+	/* OpenSSL writes with write(): a peer that hangs up would kill the
+	 * process with SIGPIPE. Blocked in this thread, the write fails with
+	 * EPIPE instead, and the connection ends with an error. */
+	sigemptyset(&pipe);
+	sigaddset(&pipe, SIGPIPE);
+	pthread_sigmask(SIG_BLOCK, &pipe, NULL);
 	g_autoptr(GError) cancelled =
 		g_error_new(IMAP_ERROR, IMAP_ERROR_CANCELLED,
 			    "the connection was shut down");
