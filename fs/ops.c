@@ -1201,6 +1201,12 @@ static void fs_init(void *userdata, struct fuse_conn_info *conn)
 	conn->want &= ~FUSE_CAP_READDIRPLUS_AUTO;
 	if (conn->capable & FUSE_CAP_CACHE_SYMLINKS)
 		conn->want |= FUSE_CAP_CACHE_SYMLINKS;
+	/* The kernel then asks once per inode whether there is an ACL (no)
+	 * and remembers: `ls -l` stops costing a request per file for it.
+	 * It also makes the kernel check permissions (default_permissions),
+	 * which the modes we show allow. */
+	if (conn->capable & FUSE_CAP_POSIX_ACL)
+		conn->want |= FUSE_CAP_POSIX_ACL;
 	conn->max_background = 64;
 }
 
