@@ -660,16 +660,12 @@ gboolean imap_result_check(const ImapResult *result, GError **error)
 		if (g_str_equal(t->code, codes[i].code))
 			code = codes[i].error;
 	}
-	g_set_error(error, IMAP_ERROR, code, "%s%s%s%s%s",
+	/* "NO [NONEXISTENT] Mailbox doesn't exist: x" */
+	g_set_error(error, IMAP_ERROR, code, "%s%s%s%s%s%s",
 		    t->status == IMAP_STATUS_BAD ? "BAD" : "NO",
 		    t->code ? " [" : "", t->code ? t->code : "",
-		    t->code ? "]" : "", t->text && *t->text ? "" : "");
-	if (error && *error && t->text && *t->text) {
-		char *m = g_strdup_printf("%s %s", (*error)->message, t->text);
-
-		g_free((*error)->message);
-		(*error)->message = m;
-	}
+		    t->code ? "]" : "", t->text && *t->text ? " " : "",
+		    t->text ? t->text : "");
 	return FALSE;
 }
 
