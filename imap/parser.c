@@ -639,6 +639,25 @@ static ImapStatus status_from_keyword(const char *kw)
 
 /* "[CODE args] text" or "text": the text is never tokenized, servers put
  * anything in it. */
+
+/* Status text is for people and ends up in messages on terminals: no
+ * control characters (escape sequences), valid UTF-8. */
+static char *human_text(const char *s, gsize len)
+{
+	g_autofree char *valid = g_utf8_make_valid(s, (gssize)len);
+	GString *out = g_string_sized_new(strlen(valid));
+
+	for (const char *p = valid; *p; p = g_utf8_next_char(p)) {
+		gunichar c = g_utf8_get_char(p);
+
+		if (c < 0x20 || (c >= 0x7f && c < 0xa0))
+			g_string_append_c(out, '?');
+		else
+			g_string_append_len(out, p, g_utf8_next_char(p) - p);
+	}
+	return g_string_free(out, FALSE);
+}
+
 static gboolean parse_resp_text(ImapParser *p, const char *s, gsize len,
 				gsize pos, GError **error)
 {
@@ -681,7 +700,7 @@ static gboolean parse_resp_text(ImapParser *p, const char *s, gsize len,
 		if (pos < len && s[pos] == ' ')
 			pos++;
 	}
-	r->text = g_strndup(s + pos, len - pos);
+	r->text = human_text(s + pos, len - pos);
 	return TRUE;
 }
 
