@@ -1,26 +1,24 @@
 """Helpers for test_write.py: an imaplib client for any server (the fixture's
 or one the test starts itself), the expected state of the folders a test
 owns, what a session sent (parsed from a recording proxy or Dovecot's
-rawlog), and fault triggers for the proxy.
+rawlog), and a proxy that cuts the connection at a chosen command or byte.
 
 Python standard library only.  Nothing here trusts imapfs: the server's
 state always comes from imaplib with EXAMINE and BODY.PEEK.
 """
 
 import glob
-import socket
 import hashlib
+import imaplib
 import os
 import re
+import socket
 import ssl
-import imaplib
 import threading
 import time
 
-from helpers import (  # noqa: F401
-    Server, ServerError, imap_quote, mutf7_encode, parse_message_name, short,
-    format_imap_date,
-)
+from helpers import Server, ServerError, short
+from proxy import Proxy  # tests/fixture must be on sys.path (test_write.py puts it there)
 
 
 def sha(data):
@@ -289,70 +287,7 @@ def dangerous(cmd):
     return re.match(rb"^\S+ (EXPUNGE|CLOSE)\s*$", cmd, re.I) is not None
 
 
-# ---- fault triggers for tests/fixture/proxy.py ---------------------------------------
-
-
-class Trigger(threading.Thread):
-    """Watches what clients send through the proxy and cuts every
-    connection when `pattern` (bytes) appears after the current position,
-    or when `after_bytes` more client bytes have passed.  With hold, the
-    proxy is stalled first (the server gets the command, its answer is
-    held back) and cut `hold` seconds later."""
-
-    def __init__(self, px, pattern=None, after_bytes=None, hold=0.0, timeout=60.0):
-        super().__init__(daemon=True)
-        self.px, self.pattern, self.after_bytes = px, pattern, after_bytes
-        self.hold, self.timeout = hold, timeout
-        self.start_offsets = proxy_offsets(px)
-        self.start_total = sum(self.start_offsets)
-        self.fired = threading.Event()
-        self.stop_flag = threading.Event()
-        self.fired_at = None
-        self.seen_bytes = None
-
-    def _scan(self):
-        with self.px.lock:
-            recs = [list(r) for r in self.px.sent]
-        total = sum(len(c) for r in recs for c in r)
-        if self.after_bytes is not None and total - self.start_total >= self.after_bytes:
-            return total
-        if self.pattern is not None:
-            for k, r in enumerate(recs):
-                # the chunks from the one holding the start offset on
-                first, pos = 0, 0
-                off = self.start_offsets[k] if k < len(self.start_offsets) else 0
-                while first < len(r) and pos + len(r[first]) <= off:
-                    pos += len(r[first])
-                    first += 1
-                if b"".join(r[max(0, first - 1):]).find(self.pattern) >= 0 and \
-                        b"".join(r).find(self.pattern, max(0, off - len(self.pattern) + 1)) >= 0:
-                    return total
-        return None
-
-    def run(self):
-        deadline = time.monotonic() + self.timeout
-        while not self.stop_flag.is_set() and time.monotonic() < deadline:
-            total = self._scan()
-            if total is not None:
-                if self.hold:
-                    self.px.stall = True
-                    time.sleep(self.hold)
-                self.px.cut()
-                self.px.stall = False
-                self.fired_at = time.monotonic()
-                self.seen_bytes = total - self.start_total
-                self.fired.set()
-                return
-            time.sleep(0.002)
-
-    def stop(self):
-        self.stop_flag.set()
-        self.join(5)
-
-
 # ---- a proxy that cuts at a command, deterministically -----------------------------------
-
-from proxy import Proxy  # noqa: E402
 
 
 class FaultProxy(Proxy):
@@ -369,15 +304,24 @@ class FaultProxy(Proxy):
     def __init__(self, *a, **kw):
         super().__init__(*a, **kw)
         self.armed = None
+        self.byte_limit = None
+        self.client_total = 0
         self.fired = threading.Event()
-        self.armed_fired = False
 
     def arm(self, pattern, action, k=1):
         self.fired.clear()
         self.armed = (pattern, action, k)
 
+    def arm_bytes(self, n):
+        """Cut (without forwarding the chunk that crosses it) once clients
+        have sent n more bytes."""
+        self.fired.clear()
+        with self.lock:
+            self.byte_limit = sum(len(c) for rec in self.sent for c in rec) + n
+
     def disarm(self):
         self.armed = None
+        self.byte_limit = None
         with self.lock:
             self.cut_at = None
 
@@ -398,6 +342,15 @@ class FaultProxy(Proxy):
                 time.sleep(0.01)
             if not data:
                 break
+            with self.lock:
+                over = (self.byte_limit is not None and
+                        sum(len(c) for rec in self.sent for c in rec) + len(data)
+                        >= self.byte_limit)
+                if over:
+                    self.byte_limit = None
+            if over:
+                self.cut()
+                return
             armed = self.armed
             if armed is not None and armed[0] in tail + data:
                 self.armed = None
