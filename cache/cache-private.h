@@ -15,9 +15,9 @@ G_BEGIN_DECLS
 /* Sequential-scan prefetch: at most this many bodies or bytes ahead. */
 #define CACHE_PREFETCH_MESSAGES 64
 #define CACHE_PREFETCH_BYTES (32 * 1024 * 1024)
-/* Moves wait this long for more of the same kind before they are sent. */
-#define CACHE_MOVE_DELAY_US (30 * 1000)
+/* Moves: at most this many per UID MOVE; network failures retried. */
 #define CACHE_MOVE_BATCH_MAX 1000
+#define CACHE_MOVE_RETRIES 3
 /* Offline: how long to serve the index before asking the server again. */
 #define CACHE_OFFLINE_RETRY_US (5 * G_USEC_PER_SEC)
 
@@ -135,6 +135,8 @@ void cache_append_watch_counters(Cache *c, GString *out);
 void cache_movers_start(Cache *c);
 void cache_movers_stop(Cache *c);
 void cache_flush_moves_of(Cache *c, guint64 folder_id);
+void cache_rename_folder_rows(Cache *c, const char *from, const char *to,
+			      char delimiter);
 /* The next access syncs the folder again. */
 void cache_folder_mark_stale(Cache *c, guint64 folder_id);
 void cache_note_open(Cache *c, const CacheMessage *m);

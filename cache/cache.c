@@ -421,6 +421,32 @@ static void delete_folder_locked(Cache *c, guint64 id)
 	g_hash_table_remove(c->folders, &id);
 }
 
+/* A folder renamed by us: its rows (and its children's) follow, so the
+ * folders keep their ids - and their inode numbers, which the kernel
+ * already moved to the new name. */
+void cache_rename_folder_rows(Cache *c, const char *from, const char *to,
+			      char delimiter)
+{
+	sqlite3_stmt *st = NULL;
+	g_autofree char *prefix = g_strdup_printf("%s%c", from, delimiter);
+
+	g_mutex_lock(&c->lock);
+	sqlite3_prepare_v2(
+		c->db,
+		"UPDATE folders SET raw = CAST(?2 || substr(raw, ?3) AS BLOB)"
+		" WHERE raw = ?1 OR (?5 != '' AND"
+		" substr(raw, 1, length(?4)) = ?4)",
+		-1, &st, NULL);
+	sqlite3_bind_blob(st, 1, from, (int)strlen(from), SQLITE_STATIC);
+	sqlite3_bind_blob(st, 2, to, (int)strlen(to), SQLITE_STATIC);
+	sqlite3_bind_int(st, 3, (int)strlen(from) + 1);
+	sqlite3_bind_blob(st, 4, prefix, (int)strlen(prefix), SQLITE_STATIC);
+	sqlite3_bind_text(st, 5, delimiter ? "x" : "", -1, SQLITE_STATIC);
+	sqlite3_step(st);
+	sqlite3_finalize(st);
+	g_mutex_unlock(&c->lock);
+}
+
 gboolean cache_refresh_folders(Cache *c, GError **error)
 {
 	g_autoptr(ImapCommand) cmd = imap_cmd_list(c->client, FALSE);
@@ -432,6 +458,9 @@ gboolean cache_refresh_folders(Cache *c, GError **error)
 		return FALSE;
 	g_mutex_lock(&c->lock);
 	cache_db_exec(c, "BEGIN", NULL);
+	/* Names are rebuilt from what the server lists now; ids come from
+	 * the index (keyed by raw name), so they stay. */
+	g_hash_table_remove_all(c->folder_ids);
 	for (guint i = 0; i < r->untagged->len; i++) {
 		g_autoptr(ImapListEntry) e =
 			imap_decode_list(r->untagged->pdata[i], NULL);
@@ -1264,11 +1293,13 @@ FolderState *cache_folder_fresh(Cache *c, guint64 folder_id,
 	g_mutex_lock(&c->lock);
 	st = cache_state_get_locked(c, folder_id);
 	g_mutex_unlock(&c->lock);
+	/* A sync reads the index: moves waiting to be sent must be in it
+	 * first, or their messages would come back. (Outside sync_lock:
+	 * a move takes the sync locks of its folders.) */
+	if (!st->fresh)
+		cache_flush_moves_of(c, folder_id);
 	g_mutex_lock(&st->sync_lock);
 	if (!st->fresh && g_get_monotonic_time() >= st->retry_at) {
-		/* A sync reads the index: moves waiting to be sent must be
-		 * in it first, or their messages would come back. */
-		cache_flush_moves_of(c, folder_id);
 		g_autoptr(GError) local = NULL;
 
 		if (folder_sync(c, f, st, &local)) {

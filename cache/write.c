@@ -98,6 +98,33 @@ static char *raw_of(Cache *c, guint64 folder_id, GError **error)
 	return g_strdup(f->raw);
 }
 
+/* The sync locks of one or two folders, taken in ascending id order: no
+ * resync of them interleaves with a change being made (it would read the
+ * index before the change and the server after it, or the other way). */
+typedef struct {
+	FolderState *a, *b;
+} FolderLocks;
+
+static void lock_folders(Cache *c, guint64 x, guint64 y, FolderLocks *l)
+{
+	guint64 lo = MIN(x, y), hi = MAX(x, y);
+
+	g_mutex_lock(&c->lock);
+	l->a = cache_state_get_locked(c, lo);
+	l->b = hi != lo ? cache_state_get_locked(c, hi) : NULL;
+	g_mutex_unlock(&c->lock);
+	g_mutex_lock(&l->a->sync_lock);
+	if (l->b)
+		g_mutex_lock(&l->b->sync_lock);
+}
+
+static void unlock_folders(FolderLocks *l)
+{
+	if (l->b)
+		g_mutex_unlock(&l->b->sync_lock);
+	g_mutex_unlock(&l->a->sync_lock);
+}
+
 static GBytes *subject_of_row(Cache *c, guint64 id)
 {
 	sqlite3_stmt *st = NULL;
@@ -202,12 +229,33 @@ static gboolean expunge_set(Cache *c, const char *raw, guint32 uidvalidity,
  * after the copy exists. @moved_out (may be NULL) gets the messages as the
  * destination knows them.
  */
+static gboolean move_set_locked(Cache *c, GPtrArray *msgs, guint64 dest_id,
+				const char *src, const char *dst,
+				GPtrArray *moved_out, GError **error);
+
 static gboolean move_set(Cache *c, GPtrArray *msgs, guint64 dest_id,
 			 GPtrArray *moved_out, GError **error)
 {
 	CacheMessage *first = msgs->pdata[0];
 	g_autofree char *src = NULL;
 	g_autofree char *dst = NULL;
+	FolderLocks locks;
+	gboolean ok;
+
+	if (!(src = raw_of(c, first->folder_id, error)) ||
+	    !(dst = raw_of(c, dest_id, error)))
+		return FALSE;
+	lock_folders(c, first->folder_id, dest_id, &locks);
+	ok = move_set_locked(c, msgs, dest_id, src, dst, moved_out, error);
+	unlock_folders(&locks);
+	return ok;
+}
+
+static gboolean move_set_locked(Cache *c, GPtrArray *msgs, guint64 dest_id,
+				const char *src, const char *dst,
+				GPtrArray *moved_out, GError **error)
+{
+	CacheMessage *first = msgs->pdata[0];
 	g_autoptr(ImapUidSet) uids = imap_uid_set_new();
 	g_autofree char *set = NULL;
 	g_autoptr(ImapCommand) cmd = NULL;
@@ -217,9 +265,6 @@ static gboolean move_set(Cache *c, GPtrArray *msgs, guint64 dest_id,
 	gboolean use_move = imap_client_has_cap(c->client, "MOVE");
 	gboolean hidden = FALSE;
 
-	if (!(src = raw_of(c, first->folder_id, error)) ||
-	    !(dst = raw_of(c, dest_id, error)))
-		return FALSE;
 	for (guint i = 0; i < msgs->len; i++) {
 		CacheMessage *m = msgs->pdata[i];
 
@@ -327,19 +372,22 @@ CacheMessage *cache_message_move(Cache *c, guint64 message_id, guint64 dest_id,
 
 /* ---- moves in batches ----
  *
- * "mv INBOX/x.eml INBOX/y.eml ... Archive/" renames one file at a time. Each rename is
- * checked and answered at once, and the message leaves the source's
- * listing; the moves themselves wait a moment and go to the server as one
- * UID MOVE per (source, destination). Anything that looks at either
- * folder first sends what is waiting. A move the server refuses puts its
- * messages back into the source listing (they never left the server) and
- * is logged: mail is never lost, in the worst case it stays where it was.
+ * "mv a.eml b.eml ... Archive/" renames one file at a time. Each rename is
+ * checked, the message leaves the source's listing, and the rename is
+ * answered while the UID MOVE goes out at once; renames that arrive while
+ * it is on the wire go out together in the next one (group commit). A
+ * listing of either folder waits for what is pending. A move cut off by
+ * the network is tried again (the UIDs are bound to their UIDVALIDITY, and
+ * a UID MOVE of UIDs already gone does nothing); a move the server refuses
+ * is logged, and both folders resync at their next look: mail is never
+ * lost, at worst it stays where it was.
  */
 
 typedef struct {
 	guint64 src, dst;
 	GPtrArray *msgs; /* CacheMessage * */
-	gint64 last_add;
+	guint retries;
+	gint64 not_before; /* a retry: the mover waits until then */
 } MoveBatch;
 
 static void batch_free(MoveBatch *b)
@@ -354,34 +402,45 @@ static void run_move_batch(Cache *c, MoveBatch *b)
 
 	if (move_set(c, b->msgs, b->dst, NULL, &error))
 		return;
-	g_warning("moving %u message(s) failed, they stay where they were: %s",
-		  b->msgs->len, error->message);
-	g_mutex_lock(&c->lock);
-	for (guint i = 0; i < b->msgs->len; i++) {
-		CacheMessage *m = b->msgs->pdata[i];
+	if (imap_error_is_network(error) && b->retries < CACHE_MOVE_RETRIES) {
+		/* The answer may be lost, not the move: UID MOVE of UIDs
+		 * that already left is harmless, so try again once the
+		 * connection is back. Queued at once, so a listing of
+		 * either folder (which runs what is queued) waits for it. */
+		MoveBatch *again = g_new0(MoveBatch, 1);
 
-		snapshot_change_locked(c, m->folder_id, NULL, m);
+		again->src = b->src;
+		again->dst = b->dst;
+		again->msgs = g_ptr_array_ref(b->msgs);
+		again->retries = b->retries + 1;
+		again->not_before = g_get_monotonic_time() + G_USEC_PER_SEC / 2;
+		g_mutex_lock(&c->lock);
+		g_ptr_array_insert(c->move_batches, 0, again);
+		g_mutex_unlock(&c->lock);
+		return;
 	}
-	g_mutex_unlock(&c->lock);
+	/* Refused, or the server stayed away: whatever happened, both
+	 * folders show what the server has at their next look. */
+	g_warning("moving %u message(s) failed: %s", b->msgs->len,
+		  error->message);
+	cache_folder_mark_stale(c, b->src);
+	cache_folder_mark_stale(c, b->dst);
 	notify(c, b->src, NULL, TRUE);
+	notify(c, b->dst, NULL, TRUE);
 }
 
-/* Take the batches to send: all, those touching @folder_id, or those
- * idle for a while (folder_id 0 and !all). */
+/* Take the batches to send: all, or those touching @folder_id. */
 static GPtrArray *take_batches(Cache *c, guint64 folder_id, gboolean all)
 {
 	GPtrArray *out =
 		g_ptr_array_new_with_free_func((GDestroyNotify)batch_free);
-	gint64 now = g_get_monotonic_time();
 
 	g_mutex_lock(&c->lock);
 	for (guint i = 0; i < c->move_batches->len; i++) {
 		MoveBatch *b = c->move_batches->pdata[i];
 
-		if (all ||
-		    (folder_id &&
-		     (b->src == folder_id || b->dst == folder_id)) ||
-		    (!folder_id && now - b->last_add >= CACHE_MOVE_DELAY_US)) {
+		if (all || (folder_id &&
+			    (b->src == folder_id || b->dst == folder_id))) {
 			g_ptr_array_add(out, b);
 			g_ptr_array_remove_index(c->move_batches, i--);
 		}
@@ -403,20 +462,29 @@ void cache_flush_moves(Cache *c)
 	cache_flush_moves_of(c, 0);
 }
 
+/* Sends what is waiting at once; renames arriving while a UID MOVE is on
+ * the wire wait for it and go out together in the next one. */
 static gpointer mover_thread(gpointer data)
 {
 	Cache *c = data;
 
 	g_mutex_lock(&c->lock);
 	while (!c->mover_stop) {
+		MoveBatch *next;
+
 		if (c->move_batches->len == 0) {
 			g_cond_wait(&c->mover_cond, &c->lock);
 			continue;
 		}
-		g_cond_wait_until(&c->mover_cond, &c->lock,
-				  g_get_monotonic_time() + CACHE_MOVE_DELAY_US);
+		/* A retry waits a moment (listings run it sooner). */
+		next = c->move_batches->pdata[0];
+		if (next->not_before > g_get_monotonic_time()) {
+			g_cond_wait_until(&c->mover_cond, &c->lock,
+					  next->not_before);
+			continue;
+		}
 		g_mutex_unlock(&c->lock);
-		g_autoptr(GPtrArray) todo = take_batches(c, 0, FALSE);
+		g_autoptr(GPtrArray) todo = take_batches(c, 0, TRUE);
 
 		for (guint i = 0; i < todo->len; i++)
 			run_move_batch(c, todo->pdata[i]);
@@ -481,7 +549,6 @@ gboolean cache_message_move_later(Cache *c, guint64 message_id, guint64 dest_id,
 		g_ptr_array_add(c->move_batches, b);
 	}
 	g_ptr_array_add(b->msgs, cache_message_ref(m));
-	b->last_add = g_get_monotonic_time();
 	/* Gone from the source's listing now; back if the move fails. */
 	snapshot_change_locked(c, m->folder_id, m, NULL);
 	g_cond_signal(&c->mover_cond);
@@ -511,6 +578,8 @@ guint64 cache_special_folder(Cache *c, guint32 attr)
 gboolean cache_message_delete(Cache *c, guint64 message_id, gboolean to_trash,
 			      GError **error)
 {
+	FolderLocks locks;
+	gboolean ok;
 	g_autoptr(CacheMessage) m = cache_message_get(c, message_id);
 	g_autofree char *raw = NULL;
 	gboolean hidden = FALSE;
@@ -540,11 +609,14 @@ gboolean cache_message_delete(Cache *c, guint64 message_id, gboolean to_trash,
 	}
 	if (!(raw = raw_of(c, m->folder_id, error)))
 		return FALSE;
-	if (!expunge_one(c, raw, m, &hidden, error))
-		return FALSE;
-	forget(c, m, hidden);
-	notify(c, m->folder_id, m->name, FALSE);
-	return TRUE;
+	lock_folders(c, m->folder_id, m->folder_id, &locks);
+	ok = expunge_one(c, raw, m, &hidden, error);
+	if (ok)
+		forget(c, m, hidden);
+	unlock_folders(&locks);
+	if (ok)
+		notify(c, m->folder_id, m->name, FALSE);
+	return ok;
 }
 
 /* Flags as the user writes them: atoms separated by spaces, system flags
@@ -630,6 +702,7 @@ gboolean cache_message_set_flags(Cache *c, guint64 message_id,
 	g_autoptr(ImapResult) r = NULL;
 	gboolean condstore = imap_client_has_cap(c->client, "CONDSTORE");
 	StoreSeen seen = {0};
+	FolderLocks locks;
 	char set[16];
 
 	if (!readonly_check(c, error))
@@ -661,7 +734,9 @@ gboolean cache_message_set_flags(Cache *c, guint64 message_id,
 				 condstore && m->modseq ? m->modseq : 0);
 	seen.uid = m->uid;
 	imap_command_set_untagged(cmd, store_untagged_cb, &seen);
+	lock_folders(c, m->folder_id, m->folder_id, &locks);
 	r = imap_client_run(c->client, cmd, error);
+	unlock_folders(&locks);
 	if (!r) {
 		g_free(seen.flags);
 		return FALSE;
@@ -771,18 +846,21 @@ static gint64 header_date(const char *msg, gsize len)
 	return 0;
 }
 
+static CacheMessage *append_locked(Cache *c, guint64 folder_id,
+				   ImapCommand *cmd, const char *data,
+				   gsize len, gint64 date, const char *flags,
+				   GError **error);
+
 CacheMessage *cache_message_append(Cache *c, guint64 folder_id, GBytes *msg,
 				   const char *flags, GError **error)
 {
 	g_autofree char *raw = NULL;
 	g_autoptr(ImapCommand) cmd = NULL;
-	g_autoptr(ImapResult) r = NULL;
-	g_autoptr(ImapUidSet) uids = NULL;
-	guint32 uidvalidity = 0, uid = 0;
 	gsize len;
 	const char *data = g_bytes_get_data(msg, &len);
 	gint64 date = header_date(data, len);
 	CacheMessage *m = NULL;
+	FolderLocks locks;
 
 	if (!readonly_check(c, error))
 		return NULL;
@@ -796,6 +874,24 @@ CacheMessage *cache_message_append(Cache *c, guint64 folder_id, GBytes *msg,
 			      error);
 	if (!cmd)
 		return NULL;
+	lock_folders(c, folder_id, folder_id, &locks);
+	m = append_locked(c, folder_id, cmd, data, len, date, flags, error);
+	unlock_folders(&locks);
+	if (m || !(error && *error))
+		notify(c, folder_id, NULL, TRUE);
+	return m;
+}
+
+static CacheMessage *append_locked(Cache *c, guint64 folder_id,
+				   ImapCommand *cmd, const char *data,
+				   gsize len, gint64 date, const char *flags,
+				   GError **error)
+{
+	g_autoptr(ImapResult) r = NULL;
+	g_autoptr(ImapUidSet) uids = NULL;
+	guint32 uidvalidity = 0, uid = 0;
+	CacheMessage *m = NULL;
+
 	r = imap_client_run(c->client, cmd, error);
 	if (!r)
 		return NULL;
@@ -829,7 +925,6 @@ CacheMessage *cache_message_append(Cache *c, guint64 folder_id, GBytes *msg,
 		/* No APPENDUID: the next sync finds the message. */
 		cache_folder_mark_stale(c, folder_id);
 	}
-	notify(c, folder_id, NULL, TRUE);
 	return m;
 }
 
@@ -982,12 +1077,14 @@ gboolean cache_folder_rename(Cache *c, guint64 folder_id, guint64 new_parent,
 	to = raw_child(c, new_parent, new_name, error);
 	if (!to || !(cmd = imap_cmd_rename(f->raw, to, error)))
 		return FALSE;
+	cache_flush_moves(c);
 	r = imap_client_run(c->client, cmd, error);
 	if (!r) {
 		/* A cut connection leaves us unsure: ask the server. */
 		cache_refresh_folders(c, NULL);
 		return FALSE;
 	}
+	cache_rename_folder_rows(c, f->raw, to, f->delimiter);
 	if (!cache_refresh_folders(c, error))
 		return FALSE;
 	notify(c, f->parent_id, f->name, TRUE);

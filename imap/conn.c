@@ -27,6 +27,7 @@
 #define BACKOFF_MIN_MS 500
 #define BACKOFF_MAX_MS 10000
 #define CONNECT_TIMEOUT_MS 5000
+#define SHORT_BACKOFF_US (1000 * 1000)
 
 typedef enum {
 	CONN_DISCONNECTED,
@@ -650,6 +651,8 @@ gboolean imap_result_check(const ImapResult *result, GError **error)
 		{"UNAVAILABLE", IMAP_ERROR_INUSE},
 		{"EXPUNGEISSUED", IMAP_ERROR_EXPUNGEISSUED},
 		{"AUTHENTICATIONFAILED", IMAP_ERROR_AUTH},
+		/* A name or operation the server cannot do (RFC 5530). */
+		{"CANNOT", IMAP_ERROR_INVALID},
 	};
 	ImapErrorCode code;
 
@@ -1468,9 +1471,15 @@ static gboolean conn_ensure_connected(ImapConn *conn)
 	if (conn->state == CONN_READY)
 		return TRUE;
 	if (now < conn->next_connect_at && conn->connect_error) {
-		/* Fail fast while the server is known to be unreachable. */
-		conn_fail_pending(conn, conn->connect_error);
-		return FALSE;
+		/* One failure may be a blip: wait out a short backoff and
+		 * try again. After repeated failures the server is known to
+		 * be unreachable: fail fast until the next attempt. */
+		if (conn->next_connect_at - now > SHORT_BACKOFF_US) {
+			conn_fail_pending(conn, conn->connect_error);
+			return FALSE;
+		}
+		g_usleep((gulong)(conn->next_connect_at - now));
+		now = g_get_monotonic_time();
 	}
 	if (conn_setup(conn, &error)) {
 		conn->backoff_ms = 0;

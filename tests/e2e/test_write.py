@@ -23,7 +23,9 @@ Tests (IMAPFS_E2E_ONLY=ops,editors runs only those):
             from user.imap.flags), scratch files, mkdir (modified UTF-7, %2F,
             %25), rmdir (ENOTEMPTY), folder mv (RENAME), mv INBOX (EPERM),
             -o delete=trash.  Server checks are made milliseconds after each
-            call returns: changes must be visible at once.
+            call returns: changes must be visible at once (a move: once the
+            destination has been looked at through the mount, which waits
+            for the UID MOVE that the rename sent).
   readonly  -o ro: every change fails with EROFS, the server is unchanged.
   fallback  two more Dovecots advertising no MOVE, and neither MOVE nor
             UIDPLUS: UID COPY (+ UID EXPUNGE, or \Deleted and hidden); rawlog.
@@ -396,6 +398,10 @@ def test_ops():
                 seen=tool_seen(r))
         w.exp.gone(SRC, uids["Move me one"])
         w.exp.arrive(DST, sha(w.meta["Move me one"][2]), [], "Move me one")
+        # A rename is answered as its UID MOVE goes out (renames that come
+        # meanwhile join the next one); looking at the destination through
+        # the mount waits for it. That look is the "at once" for moves.
+        os.listdir(m.p(DST))
         w.check("after mv F.eml WDst/: gone from WSrc, in WDst with a new UID, same "
                 "bytes and flags; the \\Deleted messages of another client survive")
         commands_check("mv F.eml WDst/ sent UID MOVE of exactly that UID, no STORE or "
@@ -413,6 +419,7 @@ def test_ops():
         T.eq(errno_name(e), "success", "rename(F.eml, WDst/renamed.eml) succeeds")
         w.exp.gone(SRC, uids["Move me two"])
         w.exp.arrive(DST, sha(w.meta["Move me two"][2]), ["\\Seen", "$Label1"], "Move me two")
+        os.listdir(m.p(DST))  # waits for the move (see above)
         w.check("after rename to WDst/renamed.eml (flags \\Seen $Label1 kept)")
         T.check("renamed.eml" not in os.listdir(m.p(DST)),
                 "WDst/renamed.eml is not listed after the move (the message has its "
@@ -1046,6 +1053,10 @@ def test_faults():
                 what, tool_seen(r), t_mv, "happened" if fired else "did NOT happen"))
             T.check(fired, "%s: the proxy cut the connection at the UID MOVE" % what,
                     expected="cut", seen="no UID MOVE was sent within 5 s")
+            try:
+                listing(m, DST)  # waits for the move, retried after the cut
+            except OSError as e:
+                T.diag("%s: listing the destination after the cut: %s" % (what, e))
             at = where(w, [SRC, DST], digest)
             T.check(at, "%s: the message is in the source, the destination or both" % what,
                     expected="in FSrc and/or FDst", seen=at or "in neither: LOST")
