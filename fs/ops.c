@@ -725,6 +725,25 @@ static void fs_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr,
 	count_op(fs, FS_OP_MODIFY);
 	if (fs->ro)
 		return (void)fuse_reply_err(req, EROFS);
+	if (dir_folder(ino) >= 0) {
+		/* Folders have no mode or times of their own on the server:
+		 * accept what rsync and cp -a set (and forget it), refuse
+		 * another owner or a size. */
+		g_autoptr(CacheFolder) f =
+			ino == FUSE_ROOT_ID
+				? NULL
+				: cache_folder_get(fs->cache,
+						   (guint64)dir_folder(ino));
+
+		if ((to_set & FUSE_SET_ATTR_SIZE) ||
+		    ((to_set & FUSE_SET_ATTR_UID) && attr->st_uid != fs->uid) ||
+		    ((to_set & FUSE_SET_ATTR_GID) && attr->st_gid != fs->gid))
+			return (void)fuse_reply_err(req, EPERM);
+		if (ino != FUSE_ROOT_ID && !f)
+			return (void)fuse_reply_err(req, ENOENT);
+		folder_stat(fs, f, &st);
+		return (void)fuse_reply_attr(req, &st, ATTR_TIMEOUT);
+	}
 	if (!fs_ino_is_local(ino)) {
 		/* Messages are what the server has: no mode, owner, times
 		 * or size of our own. */
