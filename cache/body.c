@@ -422,11 +422,19 @@ static gboolean fetch_untagged_cb(const ImapResponse *resp, gpointer user_data)
 	if (!sec || !sec->value || sec->value->type != IMAP_VALUE_STREAMED)
 		return TRUE; /* flags of another client's change, or NIL */
 	h = sec->value->sink_handle;
-	/* No message is empty: an empty body is what Dovecot sends for a
-	 * message another client expunged (with OK [EXPUNGEISSUED]). It is
-	 * never stored, never served. */
-	if (!h->complete || h->written == 0)
+	if (!h->complete)
 		return TRUE;
+	/* An empty body is what Dovecot sends for a message another client
+	 * expunged (with OK [EXPUNGEISSUED]): stored only when the server
+	 * had announced an empty message, never in place of a real one. */
+	if (h->written == 0) {
+		guint64 mid = GPOINTER_TO_SIZE(g_hash_table_lookup(
+			f->ids_by_uid, GUINT_TO_POINTER(fd->uid)));
+		g_autoptr(CacheMessage) known = cache_message_get(f->c, mid);
+
+		if (f->range_fd >= 0 || !known || known->size != 0)
+			return TRUE;
+	}
 	if (f->range_fd >= 0) {
 		if (fd->uid == GPOINTER_TO_UINT(g_hash_table_lookup(
 				       f->ids_by_uid,
@@ -744,6 +752,14 @@ static Partial *partial_get(Cache *c, CacheMessage *m, GError **error)
 		p->ref++;
 		g_mutex_unlock(&c->lock);
 		return p;
+	}
+	if (m->size > CACHE_MAX_MESSAGE) {
+		/* No mail is this big; a server that says so is wrong. */
+		g_mutex_unlock(&c->lock);
+		g_set_error(error, CACHE_ERROR, CACHE_ERROR_CORRUPT,
+			    "message %u: implausible size %" G_GUINT64_FORMAT,
+			    m->uid, m->size);
+		return NULL;
 	}
 	p = g_new0(Partial, 1);
 	p->ref = 1;

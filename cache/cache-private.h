@@ -12,6 +12,8 @@ G_BEGIN_DECLS
 /* Bodies bigger than this are read in ranges of RANGE_CHUNK bytes. */
 #define CACHE_RANGE_THRESHOLD (2 * 1024 * 1024)
 #define CACHE_RANGE_CHUNK (1024 * 1024)
+/* Bigger than any mail; also bounds the ranges of one body (16384). */
+#define CACHE_MAX_MESSAGE (G_GUINT64_CONSTANT(16) << 30)
 /* Sequential-scan prefetch: at most this many bodies or bytes ahead. */
 #define CACHE_PREFETCH_MESSAGES 64
 #define CACHE_PREFETCH_BYTES (32 * 1024 * 1024)

@@ -421,6 +421,7 @@ static void fs_releasedir(fuse_req_t req, fuse_ino_t ino,
 typedef struct {
 	CacheBody *body; /* a message, or a shadow's message */
 	LocalFile *local; /* a local file */
+	guint64 size_shown; /* the message size the kernel was told */
 } Handle;
 
 static Handle *handle_of(struct fuse_file_info *fi)
@@ -513,9 +514,14 @@ static void fs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 				g_free(h);
 				return reply_error(req, error);
 			}
+			h->size_shown = cache_body_size(h->body);
 			/* The bytes of a message never change: keep the
 			 * page cache. */
 			fi->keep_cache = 1;
+			/* No message is empty: a size of 0 is a server's
+			 * mistake, and the kernel would not even ask. */
+			if (h->size_shown == 0)
+				fi->direct_io = 1;
 			fi->noflush = 1;
 		}
 	} else {
@@ -546,6 +552,14 @@ static void fs_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 	n = cache_body_read(h->body, buf, size, off, &error);
 	if (n < 0)
 		return reply_error(req, error);
+	if (cache_body_size(h->body) > h->size_shown) {
+		/* The body is bigger than the server announced: the kernel
+		 * must ask for the size again (attributes only), or it would
+		 * stop reading at the old one. (A smaller body needs
+		 * nothing: the short read tells the kernel.) */
+		h->size_shown = cache_body_size(h->body);
+		fuse_lowlevel_notify_inval_inode(fs_of(req)->se, ino, -1, 0);
+	}
 	fuse_reply_buf(req, buf, (size_t)n);
 }
 
@@ -1226,6 +1240,10 @@ static void fs_init(void *userdata, struct fuse_conn_info *conn)
 	 * which the modes we show allow. */
 	if (conn->capable & FUSE_CAP_POSIX_ACL)
 		conn->want |= FUSE_CAP_POSIX_ACL;
+	/* Reads check the attributes when they were invalidated (a body
+	 * found to differ from its announced size). */
+	if (conn->capable & FUSE_CAP_AUTO_INVAL_DATA)
+		conn->want |= FUSE_CAP_AUTO_INVAL_DATA;
 	conn->max_background = 64;
 }
 

@@ -28,6 +28,8 @@
 #define BACKOFF_MAX_MS 10000
 #define CONNECT_TIMEOUT_MS 5000
 #define SHORT_BACKOFF_US (1000 * 1000)
+/* A connection lost this soon after it was made counts as a failure. */
+#define QUICK_DEATH_US (2 * G_USEC_PER_SEC)
 
 typedef enum {
 	CONN_DISCONNECTED,
@@ -80,6 +82,7 @@ struct _ImapConn {
 	guint tag_seq;
 	gint64 last_activity;
 	gint64 next_connect_at;
+	gint64 connected_at;
 	guint backoff_ms;
 	GError *connect_error; /* why the last attempt failed */
 };
@@ -286,6 +289,18 @@ static void conn_close_stream(ImapConn *conn)
 	conn_set_state(conn, CONN_DISCONNECTED);
 }
 
+/* The next connection waits: 0.5 s, doubling up to 10 s. */
+static void conn_backoff(ImapConn *conn, const GError *error)
+{
+	conn->backoff_ms = conn->backoff_ms
+				   ? MIN(conn->backoff_ms * 2, BACKOFF_MAX_MS)
+				   : BACKOFF_MIN_MS;
+	conn->next_connect_at =
+		g_get_monotonic_time() + (gint64)conn->backoff_ms * 1000;
+	g_clear_error(&conn->connect_error);
+	conn->connect_error = g_error_copy(error);
+}
+
 /*
  * The connection is gone: everything in flight fails with @error, except
  * idempotent commands, which go back to the front of the queue once to be
@@ -301,9 +316,27 @@ static void conn_lost(ImapConn *conn, const GError *error)
 
 	g_debug("conn %u: lost: %s", conn->id, error->message);
 	imap_client_emit(conn->client, &ev);
+	/* A connection that dies right after it was made is a failure to
+	 * connect: back off, or a server that closes at once would be
+	 * reconnected to as fast as it can answer. */
+	if (g_get_monotonic_time() - conn->connected_at < QUICK_DEATH_US) {
+		conn_backoff(conn, error);
+	} else {
+		conn->backoff_ms = 0;
+		g_clear_error(&conn->connect_error);
+	}
 	conn_close_stream(conn);
 	while ((f = g_queue_pop_head(&conn->inflight))) {
 		if (f->internal) {
+			/* The SELECT the engine put before a command: that
+			 * command used its one retry (it was not sent). */
+			for (GList *l = conn->pending.head; l; l = l->next) {
+				ImapFlight *p = l->data;
+
+				if (p->cmd && g_strcmp0(p->cmd->mailbox,
+							f->cmd->selects) == 0)
+					p->retries++;
+			}
 			conn_fail_flight(conn, f, error);
 		} else if (f->cmd->idempotent && f->retries == 0 &&
 			   !f->idling) {
@@ -318,6 +351,17 @@ static void conn_lost(ImapConn *conn, const GError *error)
 	}
 	while ((f = g_queue_pop_tail(&retry)))
 		g_queue_push_head(&conn->pending, f);
+	/* Commands that waited for a SELECT that failed twice fail too. */
+	for (GList *l = conn->pending.head; l;) {
+		GList *next = l->next;
+		ImapFlight *p = l->data;
+
+		if (p->cmd && p->retries > 1) {
+			g_queue_delete_link(&conn->pending, l);
+			conn_fail_flight(conn, p, error);
+		}
+		l = next;
+	}
 }
 
 static void conn_fail_pending(ImapConn *conn, const GError *error)
@@ -1172,8 +1216,9 @@ static void conn_selected(ImapConn *conn, ImapFlight *f, ImapResult *result)
 		conn->selected = g_strdup(f->cmd->selects);
 		conn->selected_uidvalidity = result->select.uidvalidity;
 		g_array_set_size(conn->seqmap, result->select.exists);
-		memset(conn->seqmap->data, 0,
-		       sizeof(guint32) * result->select.exists);
+		if (result->select.exists)
+			memset(conn->seqmap->data, 0,
+			       sizeof(guint32) * result->select.exists);
 	} else {
 		/* The server has now no mailbox selected (RFC 3501 6.3.1);
 		 * commands queued for that mailbox fail with this error. */
@@ -1482,18 +1527,14 @@ static gboolean conn_ensure_connected(ImapConn *conn)
 		now = g_get_monotonic_time();
 	}
 	if (conn_setup(conn, &error)) {
-		conn->backoff_ms = 0;
-		g_clear_error(&conn->connect_error);
+		conn->connected_at = g_get_monotonic_time();
+		if (!conn->connect_error)
+			conn->backoff_ms = 0;
 		return TRUE;
 	}
 	g_debug("conn %u: connect failed: %s", conn->id, error->message);
 	conn_close_stream(conn);
-	conn->backoff_ms = conn->backoff_ms
-				   ? MIN(conn->backoff_ms * 2, BACKOFF_MAX_MS)
-				   : BACKOFF_MIN_MS;
-	conn->next_connect_at = now + (gint64)conn->backoff_ms * 1000;
-	g_clear_error(&conn->connect_error);
-	conn->connect_error = g_error_copy(error);
+	conn_backoff(conn, error);
 	/* Credentials and certificates don't fix themselves: no retry of
 	 * the idempotent ones either. */
 	conn_fail_pending(conn, error);
