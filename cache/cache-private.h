@@ -80,6 +80,7 @@ struct _Cache {
 	guint idle_generation; /* of the latest IDLE submitted */
 	gint idle_running; /* IDLE commands not finished */
 	gint64 idle_restart_at; /* 0: no restart pending */
+	gboolean folders_dirty; /* NOTIFY said folders changed */
 	gboolean watch_stop;
 	GPtrArray *move_batches; /* MoveBatch *, see write.c */
 	GThread *mover;
@@ -132,6 +133,8 @@ gboolean cache_body_store(Cache *c, const char *path, const char *data,
 /* watch.c */
 void cache_watch_start(Cache *c);
 void cache_watch_stop(Cache *c);
+/* The folder tree changed: the file system invalidates the directories. */
+void cache_notify_folders_changed(Cache *c);
 void cache_append_watch_counters(Cache *c, GString *out);
 /* write.c: batched moves */
 void cache_movers_start(Cache *c);

@@ -1558,3 +1558,26 @@ gboolean cache_refresh_quota(Cache *c, GError **error)
 	}
 	return TRUE;
 }
+
+void cache_notify_folders_changed(Cache *c)
+{
+	g_autoptr(GArray) ids = g_array_new(FALSE, FALSE, sizeof(guint64));
+	g_autoptr(GPtrArray) none = g_ptr_array_new();
+	GHashTableIter it;
+	gpointer k;
+	CacheChangeFunc func;
+	gpointer data;
+	guint64 root = 0;
+
+	g_array_append_val(ids, root);
+	g_mutex_lock(&c->lock);
+	g_hash_table_iter_init(&it, c->folders);
+	while (g_hash_table_iter_next(&it, &k, NULL))
+		g_array_append_val(ids, *(guint64 *)k);
+	func = c->change_func;
+	data = c->change_data;
+	g_mutex_unlock(&c->lock);
+	/* Every directory's listing: a folder may have appeared in any. */
+	for (guint i = 0; func && i < ids->len; i++)
+		func(g_array_index(ids, guint64, i), none, TRUE, data);
+}

@@ -24,6 +24,12 @@ typedef struct {
 static void idle_done_cb(ImapResult *result, const GError *error,
 			 gpointer user_data);
 
+static void notify_done_cb(ImapResult *result, const GError *error,
+			   gpointer user_data)
+{
+	imap_result_free(result);
+}
+
 /* c->lock held. */
 static void start_idle_locked(Cache *c)
 {
@@ -37,6 +43,23 @@ static void start_idle_locked(Cache *c)
 	call = g_new0(IdleCall, 1);
 	call->c = c;
 	call->generation = ++c->idle_generation;
+	if (imap_client_has_cap(c->client, "NOTIFY")) {
+		/* RFC 5465: while the IDLE runs, the server also reports
+		 * changes to every other folder (STATUS) and new, deleted
+		 * and renamed folders (LIST). Sent before every IDLE: it
+		 * costs little and survives reconnects that way. */
+		g_autoptr(ImapCommand) notify_cmd = imap_command_new("NOTIFY");
+
+		imap_command_add_raw(
+			notify_cmd,
+			"SET (selected (MessageNew MessageExpunge FlagChange)) "
+			"(personal (MessageNew MessageExpunge MailboxName))",
+			NULL);
+		/* After the SELECT: Dovecot forgets it across one. */
+		imap_command_set_mailbox(notify_cmd, f->raw, 0);
+		imap_client_submit(c->watch_client, notify_cmd, notify_done_cb,
+				   NULL);
+	}
 	cmd = imap_cmd_idle(f->raw);
 	c->idle_running++;
 	/* A new command ends the IDLE before it (the engine sends DONE):
@@ -70,6 +93,14 @@ static void event_cb(const ImapEvent *ev, gpointer user_data)
 	Cache *c = user_data;
 	guint64 *id;
 
+	if (ev->kind == IMAP_EVENT_MAILBOXES) {
+		/* A folder appeared, went or was renamed elsewhere. */
+		g_mutex_lock(&c->lock);
+		c->folders_dirty = TRUE;
+		g_cond_broadcast(&c->watch_cond);
+		g_mutex_unlock(&c->lock);
+		return;
+	}
 	if (!ev->mailbox)
 		return;
 	switch (ev->kind) {
@@ -77,6 +108,7 @@ static void event_cb(const ImapEvent *ev, gpointer user_data)
 	case IMAP_EVENT_EXPUNGED:
 	case IMAP_EVENT_VANISHED:
 	case IMAP_EVENT_FETCH:
+	case IMAP_EVENT_MAILBOX_CHANGED:
 		break;
 	default:
 		return;
@@ -104,6 +136,14 @@ static gpointer watcher_thread(gpointer data)
 		if (c->idle_restart_at && now >= c->idle_restart_at) {
 			c->idle_restart_at = 0;
 			start_idle_locked(c);
+		}
+		if (c->folders_dirty) {
+			c->folders_dirty = FALSE;
+			g_mutex_unlock(&c->lock);
+			if (cache_refresh_folders(c, NULL))
+				cache_notify_folders_changed(c);
+			g_mutex_lock(&c->lock);
+			continue;
 		}
 		if (g_hash_table_size(c->dirty) == 0) {
 			if (c->idle_restart_at)

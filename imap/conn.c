@@ -1298,7 +1298,19 @@ static void conn_event(ImapConn *conn, const ImapResponse *resp,
 
 	if (!kw)
 		return;
-	if (g_str_equal(kw, "EXISTS")) {
+	if (g_str_equal(kw, "STATUS")) {
+		/* NOTIFY reports changes of other mailboxes this way. */
+		g_autoptr(ImapStatusData) st = imap_decode_status(resp, NULL);
+
+		if (!st)
+			return;
+		ev.kind = IMAP_EVENT_MAILBOX_CHANGED;
+		ev.mailbox = st->mailbox;
+		imap_client_emit(conn->client, &ev);
+	} else if (g_str_equal(kw, "LIST")) {
+		ev.kind = IMAP_EVENT_MAILBOXES;
+		imap_client_emit(conn->client, &ev);
+	} else if (g_str_equal(kw, "EXISTS")) {
 		ev.kind = IMAP_EVENT_EXISTS;
 		ev.exists = resp->number;
 		imap_client_emit(conn->client, &ev);

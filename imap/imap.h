@@ -397,6 +397,9 @@ typedef enum {
 	IMAP_EVENT_FETCH, /* fetch */
 	IMAP_EVENT_ALERT, /* text */
 	IMAP_EVENT_DISCONNECTED, /* text */
+	IMAP_EVENT_MAILBOX_CHANGED, /* NOTIFY: mailbox (not selected) changed */
+	IMAP_EVENT_MAILBOXES, /* NOTIFY: a mailbox was created, deleted or
+				 renamed */
 } ImapEventKind;
 
 typedef struct {
