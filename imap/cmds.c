@@ -218,7 +218,11 @@ ImapCommand *imap_cmd_create(const char *mailbox, GError **error)
 
 ImapCommand *imap_cmd_delete(const char *mailbox, GError **error)
 {
-	return one_mailbox("DELETE", mailbox, error);
+	ImapCommand *cmd = one_mailbox("DELETE", mailbox, error);
+
+	if (cmd)
+		cmd->unselects = g_strdup(mailbox);
+	return cmd;
 }
 
 ImapCommand *imap_cmd_rename(const char *from, const char *to, GError **error)
@@ -227,6 +231,7 @@ ImapCommand *imap_cmd_rename(const char *from, const char *to, GError **error)
 
 	if (!cmd || !imap_command_add_mailbox_raw(cmd, to, error))
 		return NULL;
+	cmd->unselects = g_strdup(from);
 	return g_steal_pointer(&cmd);
 }
 

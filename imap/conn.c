@@ -83,6 +83,7 @@ struct _ImapConn {
 	gint64 last_activity;
 	gint64 next_connect_at;
 	gint64 connected_at;
+	gboolean answered; /* a command completed on this connection */
 	guint backoff_ms;
 	GError *connect_error; /* why the last attempt failed */
 };
@@ -316,10 +317,14 @@ static void conn_lost(ImapConn *conn, const GError *error)
 
 	g_debug("conn %u: lost: %s", conn->id, error->message);
 	imap_client_emit(conn->client, &ev);
-	/* A connection that dies right after it was made is a failure to
-	 * connect: back off, or a server that closes at once would be
-	 * reconnected to as fast as it can answer. */
-	if (g_get_monotonic_time() - conn->connected_at < QUICK_DEATH_US) {
+	/* A connection that dies right after it was made, before it
+	 * answered anything, is a failure to connect: back off, or a server
+	 * that closes at once would be reconnected to as fast as it can
+	 * answer. One that did work was cut by the network and is made
+	 * again at once; a BYE is the server's decision. */
+	if (g_get_monotonic_time() - conn->connected_at < QUICK_DEATH_US &&
+	    !conn->answered &&
+	    !g_error_matches(error, IMAP_ERROR, IMAP_ERROR_BYE)) {
 		conn_backoff(conn, error);
 	} else {
 		conn->backoff_ms = 0;
@@ -1033,6 +1038,7 @@ typedef enum {
 	SEND_NOW,
 	SEND_WAIT,
 	SEND_SELECT_FIRST, /* insert a SELECT of the command's mailbox */
+	SEND_UNSELECT_FIRST, /* leave the selected mailbox first */
 	SEND_FAIL, /* fail the command (conn->failed_select_error) */
 	SEND_FAIL_UIDVALIDITY, /* built for another generation of UIDs */
 } SendVerdict;
@@ -1076,6 +1082,18 @@ static SendVerdict can_send(ImapConn *conn, ImapFlight *f)
 		    g_strcmp0(conn->selected, cmd->mailbox) != 0)
 			return SEND_SELECT_FIRST;
 		return SEND_NOW;
+	}
+	if (cmd->unselects && conn->selected &&
+	    g_str_has_prefix(conn->selected, cmd->unselects) &&
+	    (has_cap(conn, "UNSELECT") ||
+	     !g_str_has_prefix("INBOX", cmd->unselects))) {
+		/* DELETE or RENAME of the selected mailbox (or, by prefix,
+		 * of a parent: leaving one too many costs a SELECT): some
+		 * servers (Dovecot) disconnect a session whose selected
+		 * mailbox goes. Leave it first. Without UNSELECT we leave
+		 * by examining INBOX, which cannot help when INBOX itself
+		 * matches. */
+		return inflight_busy(conn) ? SEND_WAIT : SEND_UNSELECT_FIRST;
 	}
 	if (!cmd->mailbox)
 		return SEND_NOW;
@@ -1139,6 +1157,26 @@ static ImapFlight *conn_internal_select(ImapConn *conn, const char *mailbox)
 	return f;
 }
 
+static ImapFlight *conn_internal_unselect(ImapConn *conn)
+{
+	g_autoptr(ImapCommand) cmd = NULL;
+	ImapFlight *f;
+
+	if (has_cap(conn, "UNSELECT")) {
+		cmd = imap_command_new("UNSELECT");
+		cmd->deselects = TRUE;
+	} else {
+		/* Without UNSELECT, selecting another mailbox leaves it
+		 * (CLOSE would expunge). */
+		cmd = imap_command_new("EXAMINE");
+		imap_command_add_mailbox_raw(cmd, "INBOX", NULL);
+		cmd->selects = g_strdup("INBOX");
+	}
+	f = conn_flight_new(cmd);
+	f->internal = TRUE;
+	return f;
+}
+
 static void conn_schedule(ImapConn *conn)
 {
 	ImapFlight *f;
@@ -1172,6 +1210,9 @@ static void conn_schedule(ImapConn *conn)
 		case SEND_SELECT_FIRST:
 			conn_start_flight(conn, conn_internal_select(
 							conn, f->cmd->mailbox));
+			return;
+		case SEND_UNSELECT_FIRST:
+			conn_start_flight(conn, conn_internal_unselect(conn));
 			return;
 		case SEND_NOW:
 			g_queue_pop_head(&conn->pending);
@@ -1232,10 +1273,15 @@ static void conn_complete(ImapConn *conn, ImapFlight *f, ImapResponse *resp)
 	ImapResult *result = g_steal_pointer(&f->result);
 
 	g_queue_remove(&conn->inflight, f);
+	conn->answered = TRUE;
 	result->tagged = resp;
 	if (is_select_verb(f->cmd)) {
 		imap_select_data_update(&result->select, resp);
 		conn_selected(conn, f, result);
+	} else if (f->cmd->deselects && resp->status == IMAP_STATUS_OK) {
+		g_clear_pointer(&conn->selected, g_free);
+		conn->selected_uidvalidity = 0;
+		g_array_set_size(conn->seqmap, 0);
 	}
 	result->uidvalidity = conn->selected_uidvalidity;
 	if (!f->internal)
@@ -1540,6 +1586,7 @@ static gboolean conn_ensure_connected(ImapConn *conn)
 	}
 	if (conn_setup(conn, &error)) {
 		conn->connected_at = g_get_monotonic_time();
+		conn->answered = FALSE;
 		if (!conn->connect_error)
 			conn->backoff_ms = 0;
 		return TRUE;
@@ -1815,6 +1862,7 @@ void imap_command_engine_clear(ImapCommand *cmd)
 	g_clear_pointer(&cmd->want, g_ptr_array_unref);
 	g_clear_pointer(&cmd->mailbox, g_free);
 	g_clear_pointer(&cmd->selects, g_free);
+	g_clear_pointer(&cmd->unselects, g_free);
 }
 
 void imap_result_free(ImapResult *result)

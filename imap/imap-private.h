@@ -42,6 +42,8 @@ struct _ImapCommand {
 	gboolean is_idle;
 	char *selects; /* SELECT/EXAMINE: the raw name it selects */
 	ImapUidSet *scope; /* UIDs its FETCH responses can be about */
+	char *unselects; /* DELETE/RENAME: must not run with this selected */
+	gboolean deselects; /* UNSELECT */
 };
 
 void imap_command_engine_clear(ImapCommand *cmd);
