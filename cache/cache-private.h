@@ -130,11 +130,13 @@ void cache_body_unlink_locked(Cache *c, const char *path);
 /* Write a complete body file (tmp, fsync, rename). */
 gboolean cache_body_store(Cache *c, const char *path, const char *data,
 			  gsize len);
+/* Does a SELECT's answer (IMAP_EVENT_SELECTED) show the folder as its last
+ * sync left it? */
+gboolean cache_folder_in_step_locked(Cache *c, guint64 id,
+				     const ImapEvent *sel);
 /* watch.c */
 void cache_watch_start(Cache *c);
 void cache_watch_stop(Cache *c);
-/* The folder tree changed: the file system invalidates the directories. */
-void cache_notify_folders_changed(Cache *c);
 void cache_append_watch_counters(Cache *c, GString *out);
 /* write.c: batched moves */
 void cache_movers_start(Cache *c);

@@ -453,6 +453,15 @@ gboolean cache_refresh_folders(Cache *c, GError **error)
 	g_autoptr(ImapResult) r = imap_client_run(c->client, cmd, error);
 	g_autoptr(GHashTable) seen = g_hash_table_new_full(
 		g_int64_hash, g_int64_equal, g_free, NULL);
+	/* Parents whose listing changed: where folders came, where they
+	 * went and the names that went. */
+	g_autoptr(GArray) changed = g_array_new(FALSE, FALSE, sizeof(guint64));
+	g_autoptr(GArray) gone_parents =
+		g_array_new(FALSE, FALSE, sizeof(guint64));
+	g_autoptr(GPtrArray) gone_names =
+		g_ptr_array_new_with_free_func(g_free);
+	CacheChangeFunc func;
+	gpointer data;
 
 	if (!r)
 		return FALSE;
@@ -511,6 +520,8 @@ gboolean cache_refresh_folders(Cache *c, GError **error)
 			if (!last && g_hash_table_contains(seen, &id)) {
 				cache_folder_unref(f);
 			} else {
+				if (!g_hash_table_contains(c->folders, &id))
+					g_array_append_val(changed, parent);
 				g_hash_table_insert(c->folders,
 						    cache_id_key(id), f);
 				g_hash_table_insert(c->folder_ids,
@@ -532,11 +543,40 @@ gboolean cache_refresh_folders(Cache *c, GError **error)
 		if (!g_hash_table_contains(seen, k))
 			g_array_append_val(gone, *(guint64 *)k);
 	}
-	for (guint i = 0; i < gone->len; i++)
-		delete_folder_locked(c, g_array_index(gone, guint64, i));
+	for (guint i = 0; i < gone->len; i++) {
+		guint64 id = g_array_index(gone, guint64, i);
+		CacheFolder *f = g_hash_table_lookup(c->folders, &id);
+
+		g_array_append_val(gone_parents, f->parent_id);
+		g_ptr_array_add(gone_names, g_strdup(f->name));
+		delete_folder_locked(c, id);
+	}
 	cache_db_exec(c, "COMMIT", NULL);
+	/* The first listing of a mount is no change. */
+	if (!c->folders_listed) {
+		g_array_set_size(changed, 0);
+		g_array_set_size(gone_parents, 0);
+	}
 	c->folders_listed = TRUE;
+	func = c->change_func;
+	data = c->change_data;
 	g_mutex_unlock(&c->lock);
+	/* Folders created, deleted or renamed by another client: the
+	 * parents' listings and the names that went. */
+	for (guint i = 0; func && i < gone_parents->len; i++) {
+		g_autoptr(GPtrArray) names = g_ptr_array_new();
+
+		g_ptr_array_add(names, gone_names->pdata[i]);
+		func(g_array_index(gone_parents, guint64, i), names, FALSE,
+		     data);
+	}
+	if (func && changed->len) {
+		g_autoptr(GPtrArray) none = g_ptr_array_new();
+
+		for (guint i = 0; i < changed->len; i++)
+			func(g_array_index(changed, guint64, i), none, TRUE,
+			     data);
+	}
 	return TRUE;
 }
 
@@ -895,6 +935,26 @@ static FolderRow folder_row_locked(Cache *c, guint64 id)
 	return row;
 }
 
+gboolean cache_folder_in_step_locked(Cache *c, guint64 id, const ImapEvent *sel)
+{
+	FolderRow row = folder_row_locked(c, id);
+	sqlite3_stmt *st = NULL;
+	gboolean same_count = FALSE;
+
+	if (row.uidvalidity != sel->uidvalidity || !sel->uidnext ||
+	    row.uidnext != sel->uidnext)
+		return FALSE;
+	if (row.highestmodseq && sel->highestmodseq)
+		return row.highestmodseq == sel->highestmodseq;
+	sqlite3_prepare_v2(c->db, "SELECT messages FROM folders WHERE id = ?1",
+			   -1, &st, NULL);
+	sqlite3_bind_int64(st, 1, (sqlite3_int64)id);
+	if (sqlite3_step(st) == SQLITE_ROW)
+		same_count = sqlite3_column_int64(st, 0) == sel->exists;
+	sqlite3_finalize(st);
+	return same_count;
+}
+
 /* What a sync learned, applied in one transaction by apply_sync(). */
 typedef struct {
 	guint32 uidvalidity;
@@ -1149,7 +1209,7 @@ static gboolean folder_sync(Cache *c, CacheFolder *f, FolderState *st,
 	MetaSink all = {0}, fresh = {0};
 	ImapCommand *cmds[3];
 	guint ncmds = 0;
-	guint32 max_known = 0;
+	guint32 max_known = 0, first_new = 1;
 	gboolean condstore = imap_client_has_cap(c->client, "CONDSTORE");
 	gboolean qresync = imap_client_has_cap(c->client, "QRESYNC");
 	gboolean ok;
@@ -1232,11 +1292,17 @@ static gboolean folder_sync(Cache *c, CacheFolder *f, FolderState *st,
 			all.alive = sr.alive;
 		}
 	}
-	if (!sr.empty && (!sr.uidnext || sr.uidnext > max_known + 1)) {
-		g_autofree char *set = g_strdup_printf("%u:*", max_known + 1);
+	/* New messages have UIDs above every known one and at or above the
+	 * UIDNEXT of the last sync. (Asking "n:*" when nothing is there
+	 * would bring back the last message, RFC 3501 6.4.8, every time.) */
+	if (row.uidvalidity == sr.uidvalidity)
+		first_new = MAX(first_new, row.uidnext);
+	first_new = MAX(first_new, max_known + 1);
+	if (!sr.empty && (!sr.uidnext || sr.uidnext > first_new)) {
+		g_autofree char *set = g_strdup_printf("%u:*", first_new);
 
 		fresh.by_uid = sr.fresh;
-		fresh.min_uid = max_known + 1;
+		fresh.min_uid = first_new;
 		cmds[ncmds] = imap_cmd_uid_fetch(
 			f->raw, sr.uidvalidity, set,
 			condstore ? META_ITEMS " MODSEQ" NAME_ITEMS
@@ -1557,27 +1623,4 @@ gboolean cache_refresh_quota(Cache *c, GError **error)
 		}
 	}
 	return TRUE;
-}
-
-void cache_notify_folders_changed(Cache *c)
-{
-	g_autoptr(GArray) ids = g_array_new(FALSE, FALSE, sizeof(guint64));
-	g_autoptr(GPtrArray) none = g_ptr_array_new();
-	GHashTableIter it;
-	gpointer k;
-	CacheChangeFunc func;
-	gpointer data;
-	guint64 root = 0;
-
-	g_array_append_val(ids, root);
-	g_mutex_lock(&c->lock);
-	g_hash_table_iter_init(&it, c->folders);
-	while (g_hash_table_iter_next(&it, &k, NULL))
-		g_array_append_val(ids, *(guint64 *)k);
-	func = c->change_func;
-	data = c->change_data;
-	g_mutex_unlock(&c->lock);
-	/* Every directory's listing: a folder may have appeared in any. */
-	for (guint i = 0; func && i < ids->len; i++)
-		func(g_array_index(ids, guint64, i), none, TRUE, data);
 }

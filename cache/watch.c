@@ -122,6 +122,32 @@ static void event_cb(const ImapEvent *ev, gpointer user_data)
 	g_mutex_unlock(&c->lock);
 }
 
+/* The watch connection's events: a change between the folder's last sync
+ * and the watch's SELECT (a new folder watched, a reconnect) would be
+ * reported by no one, so a SELECT that finds the folder other than the
+ * last sync left it resyncs the folder once. */
+static void watch_event_cb(const ImapEvent *ev, gpointer user_data)
+{
+	Cache *c = user_data;
+	ImapEvent changed = *ev;
+	gboolean in_step = TRUE;
+	guint64 *id;
+
+	if (ev->kind != IMAP_EVENT_SELECTED) {
+		event_cb(ev, c);
+		return;
+	}
+	g_mutex_lock(&c->lock);
+	id = g_hash_table_lookup(c->folder_ids, ev->mailbox);
+	if (id)
+		in_step = cache_folder_in_step_locked(c, *id, ev);
+	g_mutex_unlock(&c->lock);
+	if (!in_step) {
+		changed.kind = IMAP_EVENT_MAILBOX_CHANGED;
+		event_cb(&changed, c);
+	}
+}
+
 static gpointer watcher_thread(gpointer data)
 {
 	Cache *c = data;
@@ -140,8 +166,8 @@ static gpointer watcher_thread(gpointer data)
 		if (c->folders_dirty) {
 			c->folders_dirty = FALSE;
 			g_mutex_unlock(&c->lock);
-			if (cache_refresh_folders(c, NULL))
-				cache_notify_folders_changed(c);
+			/* It reports what changed itself. */
+			cache_refresh_folders(c, NULL);
 			g_mutex_lock(&c->lock);
 			continue;
 		}
@@ -217,7 +243,8 @@ void cache_watch_folder(Cache *c, guint64 folder_id)
 	c->watch_id = folder_id;
 	if (!c->watch_client) {
 		c->watch_client = imap_client_new_sibling(c->client, 1);
-		imap_client_set_event_handler(c->watch_client, event_cb, c);
+		imap_client_set_event_handler(c->watch_client, watch_event_cb,
+					      c);
 	}
 	start_idle_locked(c);
 	g_mutex_unlock(&c->lock);

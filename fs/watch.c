@@ -114,8 +114,8 @@ static gpointer later_thread(gpointer data)
 	}
 }
 
-/* Every poll interval, bring the folders in use in step (a QRESYNC SELECT
- * each when nothing changed). */
+/* Every poll interval, bring the folder tree (one LIST) and the folders in
+ * use (a QRESYNC SELECT each when nothing changed) in step. */
 static gpointer poll_thread(gpointer data)
 {
 	Fs *fs = data;
@@ -130,13 +130,17 @@ static gpointer poll_thread(gpointer data)
 			continue;
 		g_mutex_unlock(&fs->poll_lock);
 
-		g_autoptr(GArray) ids = cache_watched_folders(fs->cache);
+		g_autoptr(GArray) ids = NULL;
+		g_autoptr(GError) error = NULL;
 
 		cache_refresh_quota(fs->cache, NULL);
+		/* Folders created, deleted or renamed elsewhere (one LIST). */
+		if (!cache_refresh_folders(fs->cache, &error))
+			g_debug("folder list: %s", error->message);
+		ids = cache_watched_folders(fs->cache);
 
 		for (guint i = 0; i < ids->len; i++) {
-			g_autoptr(GError) error = NULL;
-
+			g_clear_error(&error);
 			if (!cache_folder_revalidate(
 				    fs->cache, g_array_index(ids, guint64, i),
 				    &error))

@@ -1260,6 +1260,14 @@ static void conn_selected(ImapConn *conn, ImapFlight *f, ImapResult *result)
 		if (result->select.exists)
 			memset(conn->seqmap->data, 0,
 			       sizeof(guint32) * result->select.exists);
+		ImapEvent ev = {.kind = IMAP_EVENT_SELECTED,
+				.mailbox = conn->selected,
+				.uidvalidity = conn->selected_uidvalidity,
+				.exists = result->select.exists,
+				.uidnext = result->select.uidnext,
+				.highestmodseq = result->select.highestmodseq};
+
+		imap_client_emit(conn->client, &ev);
 	} else {
 		/* The server has now no mailbox selected (RFC 3501 6.3.1);
 		 * commands queued for that mailbox fail with this error. */

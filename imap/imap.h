@@ -400,6 +400,8 @@ typedef enum {
 	IMAP_EVENT_MAILBOX_CHANGED, /* NOTIFY: mailbox (not selected) changed */
 	IMAP_EVENT_MAILBOXES, /* NOTIFY: a mailbox was created, deleted or
 				 renamed */
+	IMAP_EVENT_SELECTED, /* a SELECT/EXAMINE succeeded: exists, uidnext,
+				highestmodseq */
 } ImapEventKind;
 
 typedef struct {
@@ -407,6 +409,8 @@ typedef struct {
 	const char *mailbox; /* raw name of the selected mailbox, or NULL */
 	guint32 uidvalidity;
 	guint32 exists;
+	guint32 uidnext;
+	guint64 highestmodseq;
 	guint32 uid;
 	const ImapUidSet *uids;
 	const ImapFetchData *fetch;
