@@ -1,0 +1,396 @@
+#!/usr/bin/env python3
+"""Other clients' changes seen through a live imapfs mount.
+
+Run under the fixture:
+
+    python3 tests/fixture/dovecot.py run -- python3 tests/e2e/test_live.py IMAPFS
+
+While a mount is up, "another client" (imaplib, the test's own connection)
+changes the server, and the test watches the mount:
+
+  watched   the folder in use (listed last) sees a new message, a flag
+            change, an expunge and a move away within 2 s (IDLE), the
+            expunged name stops resolving (stat: ENOENT) and the new
+            message reads byte-exact;
+  polled    a folder in use but not the one watched sees a new message
+            and an expunge within the poll interval (-o poll=3) + 2 s;
+  folders   folders created, deleted and renamed by the other client appear
+            and disappear in the tree within poll + 2 s, and the old names
+            stop resolving;
+  open      a message expunged while a file is open: every read of the
+            open file returns the message's bytes or fails with an errno,
+            never an empty or a different message; a fresh open fails
+            (with cache=full, a read before the expunge; with cache=none,
+            none);
+  quiet     an idle mount that watches a folder sends nothing on its
+            command connections.
+
+TAP output; `1..0 # SKIP` when not runnable.  IMAPFS_E2E_ONLY=open,folders
+runs only those.  Python standard library only.
+"""
+
+import errno
+import os
+import shutil
+import sys
+import threading
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+from helpers import (  # noqa: E402
+    HOST, MANIFEST, T, Mount, MountError, Server, errno_name, format_exc,
+    imap_quote, parse_message_name, short,
+)
+
+EXE = os.path.abspath(sys.argv[1]) if len(sys.argv) > 1 else None
+WATCH_LIMIT = 2.0  # seconds: the folder in use
+POLL = 3           # -o poll=N for these mounts
+POLL_LIMIT = POLL + 2.0
+BUDGET = 240.0
+BASE_DATE = 1710000000
+TOKEN = "live%d" % os.getpid()
+COUNT = [0]
+
+
+def make_message(subject, text=None):
+    COUNT[0] += 1
+    n = COUNT[0]
+    text = text or "Body of message %d of the live test.\r\n" % n
+    lines = ["From: Other Client <other@example.org>", "To: Alice <alice@example.org>",
+             "Subject: %s" % subject,
+             "Date: Sat, 09 Mar 2024 16:%02d:00 +0000" % (n % 60),
+             "Message-ID: <%s.%d@imapfs.test>" % (TOKEN, n), "", text]
+    return "\r\n".join(lines).encode()
+
+
+class Other:
+    """The other client: an imaplib session that changes the server."""
+
+    def __init__(self):
+        self.s = Server()
+        self.m = self.s.m
+
+    def close(self):
+        self.s.close()
+
+    def _ok(self, res, what):
+        if res[0] != "OK":
+            raise RuntimeError("%s: %s %r" % (what, res[0], res[1]))
+        return res[1]
+
+    def create(self, raw):
+        self._ok(self.m.create(imap_quote(raw)), "CREATE %s" % raw)
+
+    def delete(self, raw):
+        self._ok(self.m.delete(imap_quote(raw)), "DELETE %s" % raw)
+
+    def rename(self, old, new):
+        self._ok(self.m.rename(imap_quote(old), imap_quote(new)), "RENAME %s" % old)
+
+    def append(self, raw, data):
+        return self.s.append(raw, data, date=BASE_DATE + 60 * COUNT[0])
+
+    def select(self, raw):
+        self._ok(self.m.select(imap_quote(raw)), "SELECT %s" % raw)
+
+    def store(self, raw, uid, flags):
+        self.select(raw)
+        self._ok(self.m.uid("STORE", str(uid), "+FLAGS.SILENT", "(%s)" % flags), "STORE")
+        self.m.unselect()
+
+    def expunge(self, raw, uid):
+        """Only this UID (UID EXPUNGE): nobody else's \\Deleted mail goes."""
+        self.select(raw)
+        self._ok(self.m.uid("STORE", str(uid), "+FLAGS.SILENT", "(\\Deleted)"), "STORE")
+        self._ok(self.m.uid("EXPUNGE", str(uid)), "UID EXPUNGE")
+        self.m.unselect()
+
+    def move(self, raw, uid, dest):
+        self.select(raw)
+        self._ok(self.m.uid("MOVE", str(uid), imap_quote(dest)), "UID MOVE")
+        self.m.unselect()
+
+
+def listing(path):
+    """{uid: name} of the message files in a directory of the mount."""
+    out = {}
+    for name in os.listdir(path):
+        parsed = parse_message_name(name)
+        if parsed:
+            out[parsed[2]] = name
+    return out
+
+
+def wait_until(pred, limit):
+    """Seconds until pred() held (polled every 50 ms), or None after limit
+    (checked once more a little later, to tell slow from never)."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < limit:
+        if pred():
+            return time.monotonic() - t0
+        time.sleep(0.05)
+    return None
+
+
+def late(pred, extra=3.0):
+    """After a miss: does it come at all (then it was only slow)?"""
+    t = wait_until(pred, extra)
+    return "never (waited %.1f s more)" % extra if t is None else "only after %.1f s more" % t
+
+
+def timely(pred, limit, what):
+    t = wait_until(pred, limit)
+    T.check(t is not None, "%s within %.1f s%s" % (what, limit, " (%.2f s)" % t if t else ""),
+            expected="within %.1f s" % limit, seen=None if t is not None else late(pred))
+    return t is not None
+
+
+def stat_errno(path):
+    try:
+        os.stat(path)
+        return None
+    except OSError as e:
+        return e.errno
+
+
+def mounted(options=(), limit=150):
+    return Mount(EXE, ["poll=%d" % POLL, "timeout=10"] + list(options), limit=limit)
+
+
+def seed(other, raw, n):
+    other.create(raw)
+    return {other.append(raw, make_message("%s seed %d" % (raw, i))): i for i in range(n)}
+
+
+# ---- the tests -------------------------------------------------------------------------
+
+
+def test_watched():
+    other = Other()
+    a, b = "LiveA", "LiveB"
+    uids = sorted(seed(other, a, 4))
+    seed(other, b, 1)
+    with mounted() as m:
+        pa, pb = m.p(a), m.p(b)
+        listing(pb)  # LiveB in use too (for the move)
+        first = listing(pa)  # LiveA last: the watched folder
+        T.eq(sorted(first), uids, "the mount lists LiveA as the server has it")
+
+        data = make_message("Arrived while watching")
+        new = other.append(a, data)
+        if timely(lambda: new in listing(pa), WATCH_LIMIT,
+                  "a message appended by another client is listed"):
+            path = os.path.join(pa, listing(pa)[new])
+            with open(path, "rb") as fh:
+                got = fh.read()
+            T.check(got == data, "the new message reads byte-exact",
+                    expected="%d bytes" % len(data), seen="%d bytes" % len(got))
+
+        name = os.path.join(pa, first[uids[0]])
+        other.store(a, uids[0], "\\Flagged")
+        timely(lambda: "\\Flagged" in os.getxattr(name, "user.imap.flags").decode(),
+               WATCH_LIMIT, "a flag set by another client shows in user.imap.flags")
+
+        gone = os.path.join(pa, first[uids[1]])
+        os.stat(gone)  # in the kernel's cache
+        other.expunge(a, uids[1])
+        timely(lambda: uids[1] not in listing(pa), WATCH_LIMIT,
+               "a message expunged by another client leaves the listing")
+        T.eq(errno_name(stat_errno(gone)), "ENOENT",
+             "the expunged message's name no longer resolves (stat)")
+
+        moved = os.path.join(pa, first[uids[2]])
+        os.stat(moved)
+        other.move(a, uids[2], b)
+        timely(lambda: uids[2] not in listing(pa), WATCH_LIMIT,
+               "a message moved away by another client leaves the listing")
+        T.eq(errno_name(stat_errno(moved)), "ENOENT",
+             "the moved message's old name no longer resolves (stat)")
+        timely(lambda: len(listing(pb)) == 2, POLL_LIMIT,
+               "the moved message appears in the destination folder (in use)")
+
+        c = m.counters()
+        T.check(c.get("imap.watch.commands", 0) > 0,
+                "the changes came through the watch connection (imap.watch.commands)",
+                expected="> 0", seen=c.get("imap.watch.commands"))
+    other.close()
+
+
+def test_polled():
+    other = Other()
+    p, w = "LivePolled", "LiveWatched"
+    uids = sorted(seed(other, p, 2))
+    seed(other, w, 1)
+    with mounted() as m:
+        pp = m.p(p)
+        listing(pp)
+        listing(m.p(w))  # now the watched one; LivePolled is left to the poll
+        new = other.append(p, make_message("Arrived in a polled folder"))
+        timely(lambda: new in listing(pp), POLL_LIMIT,
+               "a new message in a folder in use (not watched) is listed")
+        other.expunge(p, uids[0])
+        timely(lambda: uids[0] not in listing(pp), POLL_LIMIT,
+               "an expunged message in a folder in use (not watched) leaves the listing")
+    other.close()
+
+
+def test_folders():
+    other = Other()
+    gone, old, new, made = "LiveGone", "LiveOld", "LiveRenamed", "LiveMade"
+    seed(other, gone, 1)
+    old_uids = sorted(seed(other, old, 2))
+    with mounted() as m:
+        root = m.path
+        T.check({gone, old} <= set(os.listdir(root)), "the root lists %s and %s" % (gone, old))
+        listing(m.p(old))
+        os.stat(m.p(gone))
+        other.delete(gone)
+        other.rename(old, new)
+        other.create(made)
+        timely(lambda: gone not in os.listdir(root), POLL_LIMIT,
+               "a folder deleted by another client leaves the root")
+        timely(lambda: old not in os.listdir(root) and new in os.listdir(root), POLL_LIMIT,
+               "a folder renamed by another client shows under its new name only")
+        timely(lambda: made in os.listdir(root), POLL_LIMIT,
+               "a folder created by another client appears")
+        T.eq((errno_name(stat_errno(m.p(gone))), errno_name(stat_errno(m.p(old)))),
+             ("ENOENT", "ENOENT"), "the deleted and the old name no longer resolve (stat)")
+        if os.path.isdir(m.p(new)):
+            T.eq(sorted(listing(m.p(new))), old_uids,
+                 "the renamed folder lists its messages")
+    other.close()
+
+
+def read_open(fh, size):
+    """Read the whole open file from offset 0, past the kernel's page cache."""
+    os.posix_fadvise(fh.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+    out = []
+    off = 0
+    while True:
+        b = os.pread(fh.fileno(), 65536, off)
+        if not b:
+            break
+        out.append(b)
+        off += len(b)
+    return b"".join(out)
+
+
+def expunged_while_open(options, read_first, what):
+    other = Other()
+    raw = "LiveOpen" + ("Cached" if read_first else "None")
+    bodies = {}
+    other.create(raw)
+    for i in range(3):
+        data = make_message("%s %d" % (raw, i), "Line %d of an open message.\r\n" % i * 400)
+        bodies[other.append(raw, data)] = data
+    with mounted(options) as m:
+        d = m.p(raw)
+        names = listing(d)
+        problems = []
+        for uid, data in sorted(bodies.items()):
+            path = os.path.join(d, names[uid])
+            fh = open(path, "rb", buffering=0)
+            try:
+                if read_first:
+                    got = read_open(fh, len(data))
+                    if got != data:
+                        problems.append("UID %d: first read %d bytes, expected %d"
+                                        % (uid, len(got), len(data)))
+                other.expunge(raw, uid)
+                for attempt in range(2):  # at once, then after the mount noticed
+                    try:
+                        got = read_open(fh, len(data))
+                        if got != data:
+                            problems.append("UID %d: read %d of the open file after the "
+                                            "expunge: %d bytes, expected the message's %d "
+                                            "or an errno" % (uid, attempt, len(got), len(data)))
+                    except OSError as e:
+                        T.diag("%s: UID %d read %d after the expunge: %s"
+                               % (what, uid, attempt, errno_name(e.errno)))
+                    if attempt == 0:
+                        wait_until(lambda: uid not in listing(d), WATCH_LIMIT)
+            finally:
+                fh.close()
+            try:
+                with open(path, "rb") as fh2:
+                    got = fh2.read()
+                problems.append("UID %d: a fresh open after the expunge read %d bytes"
+                                % (uid, len(got)))
+            except OSError as e:
+                if e.errno != errno.ENOENT:
+                    problems.append("UID %d: a fresh open after the expunge failed with %s, "
+                                    "expected ENOENT" % (uid, errno_name(e.errno)))
+        T.none_of(problems, "%s: reads of an open file whose message another client "
+                  "expunged return its bytes or an errno, never an empty or other message; "
+                  "a fresh open fails with ENOENT" % what)
+    other.close()
+
+
+def test_open():
+    expunged_while_open(["cache=full"], True, "cache=full, read before")
+    expunged_while_open(["cache=none"], False, "cache=none, not read before")
+
+
+def test_quiet():
+    other = Other()
+    raw = "LiveQuiet"
+    seed(other, raw, 2)
+    with mounted(["poll=0"]) as m:
+        listing(m.p(raw))
+        time.sleep(1.0)
+        c0 = m.counters()
+        time.sleep(3.0)
+        c1 = m.counters()
+        keys = ("imap.commands", "imap.bytes_out")
+        T.check(all(c1[k] == c0[k] for k in keys),
+                "an idle mount (poll=0) sends no commands in 3 s (IDLE waits on its own "
+                "connection)", expected="no change", seen={k: c1[k] - c0[k] for k in keys})
+    other.close()
+
+
+TESTS = [test_watched, test_polled, test_folders, test_open, test_quiet]
+
+
+def run_test(fn, t_start):
+    T.current = fn.__name__[5:]
+    if time.monotonic() - t_start > BUDGET:
+        T.fail("not run: the suite's time budget of %.0f s is used up" % BUDGET)
+        T.current = ""
+        return
+    t0 = time.monotonic()
+    try:
+        fn()
+    except MountError as e:
+        T.fail("mount (expected a working mount; seen: %s)" % e)
+    except Exception as e:
+        T.fail("raised %s: %s" % (type(e).__name__, short(str(e), 400)),
+               details=format_exc().splitlines())
+    T.diag("%s: %.1f s" % (T.current, time.monotonic() - t0))
+    T.current = ""
+
+
+def main():
+    if not EXE or not HOST or not MANIFEST:
+        print("1..0 # SKIP not run under the Dovecot fixture "
+              "(dovecot.py run -- python3 test_live.py IMAPFS)")
+        return 0
+    if not os.path.exists("/dev/fuse"):
+        print("1..0 # SKIP /dev/fuse is missing")
+        return 0
+    if shutil.which("fusermount3") is None:
+        print("1..0 # SKIP fusermount3 is not installed (apt-get install fuse3)")
+        return 0
+    t0 = time.monotonic()
+    only = [x for x in os.environ.get("IMAPFS_E2E_ONLY", "").split(",") if x]
+    for fn in TESTS:
+        if only and fn.__name__[5:] not in only:
+            continue
+        run_test(fn, t0)
+    T.diag("total: %.1f s" % (time.monotonic() - t0))
+    return T.finish()
+
+
+if __name__ == "__main__":
+    threading.current_thread().name = "live"
+    sys.exit(main())
