@@ -98,16 +98,21 @@ static gpointer later_thread(gpointer data)
 
 	for (;;) {
 		Inval *j = g_async_queue_pop(fs->inval_later);
-		gint64 wait;
+		gboolean stopping;
 
 		if (j->stop) {
 			g_async_queue_push(fs->inval, j);
 			return NULL;
 		}
-		wait = j->not_before - g_get_monotonic_time();
-		if (wait > 0)
-			g_usleep((gulong)wait);
-		if (fs->se)
+		/* Waits end early at unmount (what is left is dropped). */
+		g_mutex_lock(&fs->poll_lock);
+		while (!fs->stopping &&
+		       g_cond_wait_until(&fs->poll_cond, &fs->poll_lock,
+					 j->not_before))
+			;
+		stopping = fs->stopping;
+		g_mutex_unlock(&fs->poll_lock);
+		if (fs->se && !stopping)
 			g_async_queue_push(fs->inval, j);
 		else
 			inval_free(j);
@@ -172,7 +177,7 @@ void fs_watch_stop(Fs *fs)
 	cache_set_change_func(fs->cache, NULL, NULL);
 	g_mutex_lock(&fs->poll_lock);
 	fs->stopping = TRUE;
-	g_cond_signal(&fs->poll_cond);
+	g_cond_broadcast(&fs->poll_cond);
 	g_mutex_unlock(&fs->poll_lock);
 	if (fs->poll_thread)
 		g_thread_join(fs->poll_thread);
