@@ -175,24 +175,23 @@ static void evict(Cache *c)
 		}
 	}
 	g_array_sort(files, compare_used);
-	guint64 removed = 0;
-
 	for (guint i = 0; i < files->len && total > target; i++) {
 		BodyFile *b = &g_array_index(files, BodyFile, i);
-		gboolean open;
 
+		/* Unlinked and uncounted in one step, so the count always
+		 * matches the files. Bodies stored meanwhile by other
+		 * threads counted themselves: subtract, don't overwrite. */
 		g_mutex_lock(&c->lock);
-		open = g_hash_table_contains(c->open_paths, b->path);
+		if (!g_hash_table_contains(c->open_paths, b->path) &&
+		    g_unlink(b->path) == 0) {
+			total -= b->size;
+			c->body_bytes = c->body_bytes > b->size
+						? c->body_bytes - b->size
+						: 0;
+		}
 		g_mutex_unlock(&c->lock);
-		if (open || g_unlink(b->path) < 0)
-			continue;
-		total -= b->size;
-		removed += b->size;
 	}
 	g_mutex_lock(&c->lock);
-	/* Bodies stored meanwhile by other threads counted themselves:
-	 * subtract, don't overwrite. */
-	c->body_bytes = c->body_bytes > removed ? c->body_bytes - removed : 0;
 	c->counters.evictions++;
 	g_mutex_unlock(&c->lock);
 }
