@@ -83,6 +83,7 @@ struct _Cache {
 	gboolean folders_dirty; /* NOTIFY said folders changed */
 	gboolean watch_stop;
 	GPtrArray *move_batches; /* MoveBatch *, see write.c */
+	guint moves_running; /* batches on the wire */
 	GThread *mover;
 	GCond mover_cond;
 	gboolean mover_stop;

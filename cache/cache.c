@@ -1538,10 +1538,13 @@ void cache_append_counters(Cache *c, GString *out)
 	ImapCounters ic = imap_client_counters(c->client);
 	CacheCounters cc;
 	guint64 bytes_on_disk;
+	guint moves_pending;
 
 	g_mutex_lock(&c->lock);
 	cc = c->counters;
 	bytes_on_disk = c->body_bytes;
+	moves_pending =
+		c->moves_running + (c->move_batches ? c->move_batches->len : 0);
 	g_mutex_unlock(&c->lock);
 	g_string_append_printf(
 		out,
@@ -1558,11 +1561,12 @@ void cache_append_counters(Cache *c, GString *out)
 		"cache.body_bytes_fetched %" G_GUINT64_FORMAT "\n"
 		"cache.evictions %" G_GUINT64_FORMAT "\n"
 		"cache.header_hits %" G_GUINT64_FORMAT "\n"
-		"cache.bytes_on_disk %" G_GUINT64_FORMAT "\n",
+		"cache.bytes_on_disk %" G_GUINT64_FORMAT "\n"
+		"cache.moves_pending %u\n",
 		ic.commands, ic.round_trips, ic.bytes_in, ic.bytes_out,
 		ic.connects, cc.folder_syncs, cc.body_hits, cc.body_fetches,
 		cc.range_fetches, cc.prefetches, cc.body_bytes_fetched,
-		cc.evictions, cc.header_hits, bytes_on_disk);
+		cc.evictions, cc.header_hits, bytes_on_disk, moves_pending);
 	cache_append_watch_counters(c, out);
 	for (guint i = 0; i < imap_client_n_connections(c->client); i++) {
 		ImapCounters k = imap_client_connection_counters(c->client, i);

@@ -396,7 +396,21 @@ static void batch_free(MoveBatch *b)
 	g_free(b);
 }
 
+static void send_move_batch(Cache *c, MoveBatch *b);
+
+/* Counted while it runs: cache.moves_pending tells when all are done. */
 static void run_move_batch(Cache *c, MoveBatch *b)
+{
+	g_mutex_lock(&c->lock);
+	c->moves_running++;
+	g_mutex_unlock(&c->lock);
+	send_move_batch(c, b);
+	g_mutex_lock(&c->lock);
+	c->moves_running--;
+	g_mutex_unlock(&c->lock);
+}
+
+static void send_move_batch(Cache *c, MoveBatch *b)
 {
 	g_autoptr(GError) error = NULL;
 

@@ -803,8 +803,8 @@ class Run:
         return parse_counters(val.decode())[0] if st == "ok" else None
 
     def quiesce(self):
-        """Send the batched moves (list their destinations), then wait until
-        the mount is quiet: no command for 0.25 s.  A mount that is not
+        """Send the batched moves (list their destinations), wait until no
+        move is pending, then until the mount is quiet: no command for 0.25 s.  A mount that is not
         quiet 1 s after the last operation is measured for one more second:
         an idle mount must not keep talking to the server."""
         self.px.disarm()
@@ -812,6 +812,17 @@ class Run:
             if self.m is not None:
                 self.list_folder(f, "check-list")
         self.pending_dst.clear()
+        # A move cut off is retried after a moment: wait until none is left
+        # (cache.moves_pending), or it would land after the snapshot.
+        give_up = time.monotonic() + 15
+        while time.monotonic() < give_up:
+            c = self.counters()
+            if c is None or not c.get("cache.moves_pending", 0):
+                break
+            time.sleep(0.05)
+        else:
+            self.problem("moves", "mount #%d still has moves pending 15 s after the last "
+                         "operation" % self.mount_no)
         t0 = time.monotonic()
         last, since = None, t0
         while True:
@@ -1034,6 +1045,7 @@ class Run:
             ("sanitizer", "no sanitizer report or GLib critical in any mount's log"),
             ("imaplib", "imaplib could fetch every message it listed"),
             ("idle", "an idle mount stops sending commands (poll=0)"),
+            ("moves", "every move cut off was settled within 15 s (cache.moves_pending 0)"),
         ]
         for key, what in invariants:
             T.none_of(self.problems.get(key, []), what)
