@@ -318,13 +318,16 @@ static void conn_lost(ImapConn *conn, const GError *error)
 	g_debug("conn %u: lost: %s", conn->id, error->message);
 	imap_client_emit(conn->client, &ev);
 	/* A connection that dies right after it was made, before it
-	 * answered anything, is a failure to connect: back off, or a server
+	 * answered anything, waits a moment before the next one, or a server
 	 * that closes at once would be reconnected to as fast as it can
-	 * answer. One that did work was cut by the network and is made
-	 * again at once; a BYE is the server's decision. */
+	 * answer. Only a moment: the server was reachable, so this never
+	 * grows into the backoff that fails commands at once. One that did
+	 * work was cut by the network and is made again at once; a BYE is
+	 * the server's decision. */
 	if (g_get_monotonic_time() - conn->connected_at < QUICK_DEATH_US &&
 	    !conn->answered &&
 	    !g_error_matches(error, IMAP_ERROR, IMAP_ERROR_BYE)) {
+		conn->backoff_ms = 0;
 		conn_backoff(conn, error);
 	} else {
 		conn->backoff_ms = 0;
