@@ -825,3 +825,68 @@ def errno_name(e):
     if e is None:
         return "success"
     return errno.errorcode.get(e, str(e))
+
+
+# ---- running a suite ---------------------------------------------------------------------
+
+
+def _run_one(fn, t_start, budget):
+    T.current = fn.__name__[5:]
+    if time.monotonic() - t_start > budget:
+        T.fail("not run: the suite's time budget of %.0f s is used up" % budget)
+        T.current = ""
+        return
+    before = len(T.failures)
+    t0 = time.monotonic()
+    try:
+        fn()
+    except MountError as e:
+        T.fail("mount (expected a working mount; seen: %s)" % e)
+    except Exception as e:
+        T.fail("raised %s: %s" % (type(e).__name__, short(str(e), 400)),
+               details=format_exc().splitlines())
+    T.diag("%s: %.1f s" % (T.current, time.monotonic() - t0))
+    if len(T.failures) > before:
+        T.diag("%s: %d failed check(s)" % (T.current, len(T.failures) - before))
+    T.current = ""
+
+
+def run_suite(script, exe, tests, budget, setup=None, cleanup=None):
+    """Run the test_* functions (IMAPFS_E2E_ONLY=a,b picks some by name),
+    each within what is left of budget seconds; TAP to stdout, the exit
+    status to return.  `1..0 # SKIP` when not under the fixture or without
+    FUSE; `Bail out!` when setup() raises."""
+    reason = None
+    if not exe or not HOST or not MANIFEST:
+        reason = "not run under the Dovecot fixture (dovecot.py run -- python3 %s IMAPFS)" % script
+    elif not os.path.exists("/dev/fuse"):
+        reason = "/dev/fuse is missing"
+    elif shutil.which("fusermount3") is None:
+        reason = "fusermount3 is not installed (apt-get install fuse3)"
+    if reason:
+        print("1..0 # SKIP " + reason)
+        return 0
+    t0 = time.monotonic()
+    if setup:
+        try:
+            setup()
+        except Exception as e:
+            print("Bail out! setup against the Dovecot fixture failed: %s" % short(str(e), 500))
+            for line in format_exc().splitlines():
+                print("# " + line)
+            return 1
+        T.diag("setup: %.1f s" % (time.monotonic() - t0))
+    only = [x for x in ENV.get("IMAPFS_E2E_ONLY", "").split(",") if x]
+    try:
+        for fn in tests:
+            if not only or fn.__name__[5:] in only:
+                _run_one(fn, t0, budget)
+    finally:
+        if cleanup:
+            cleanup()
+    T.diag("total: %.1f s" % (time.monotonic() - t0))
+    if T.failures:
+        T.diag("%d failed:" % len(T.failures))
+        for f in T.failures:
+            T.diag("  " + short(f, 200))
+    return T.finish()

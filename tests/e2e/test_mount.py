@@ -37,7 +37,7 @@ from helpers import (  # noqa: E402
     PORT_IMAP, PORT_IMAPS, REQUIRED_COUNTERS, COUNTERS_XATTR, USER, T, Mount,
     MountError, Server, delta, errno_name, fusermount, is_mounted, mounts_under,
     name_prefix, name_problems, parse_counters, parse_imap_date, parse_message_name,
-    password, processes_of, run, short, state_diff, wait_for, words, format_exc,
+    password, processes_of, run, run_suite, short, state_diff, wait_for, words,
 )
 
 EXE = os.path.abspath(sys.argv[1]) if len(sys.argv) > 1 else None
@@ -1259,59 +1259,5 @@ TESTS = [test_cli_errors, test_daemon, test_signals, test_variants, test_tree, t
 BUDGET = 540.0  # seconds: report the rest as not run rather than hit meson's 600
 
 
-def run_test(fn, t_start):
-    T.current = fn.__name__[5:]
-    if time.monotonic() - t_start > BUDGET:
-        T.fail("not run: the suite's time budget of %.0f s is used up" % BUDGET)
-        T.current = ""
-        return
-    before = len(T.failures)
-    t0 = time.monotonic()
-    try:
-        fn()
-    except MountError as e:
-        T.fail("mount (expected a working mount; seen: %s)" % e)
-    except Exception as e:
-        T.fail("raised %s: %s" % (type(e).__name__, short(str(e), 400)),
-               details=format_exc().splitlines())
-    T.diag("%s: %.1f s" % (T.current, time.monotonic() - t0))
-    if len(T.failures) > before:
-        T.diag("%s: %d failed check(s)" % (T.current, len(T.failures) - before))
-    T.current = ""
-
-
-def main():
-    if not EXE or not HOST or not MANIFEST:
-        print("1..0 # SKIP not run under the Dovecot fixture "
-              "(dovecot.py run -- python3 test_mount.py IMAPFS)")
-        return 0
-    if not os.path.exists("/dev/fuse"):
-        print("1..0 # SKIP /dev/fuse is missing")
-        return 0
-    if shutil.which("fusermount3") is None:
-        print("1..0 # SKIP fusermount3 is not installed (apt-get install fuse3)")
-        return 0
-    t0 = time.monotonic()
-    try:
-        setup()
-    except Exception as e:
-        print("Bail out! setup against the Dovecot fixture failed: %s" % short(str(e), 500))
-        for line in format_exc().splitlines():
-            print("# " + line)
-        return 1
-    T.diag("setup: %.1f s" % (time.monotonic() - t0))
-    only = [x for x in os.environ.get("IMAPFS_E2E_ONLY", "").split(",") if x]
-    for fn in TESTS:
-        if only and fn.__name__[5:] not in only:
-            continue
-        run_test(fn, t0)
-    T.diag("total: %.1f s" % (time.monotonic() - t0))
-    if T.failures:
-        T.diag("%d failed:" % len(T.failures))
-        for f in T.failures:
-            T.diag("  " + short(f, 200))
-    return T.finish()
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_suite("test_mount.py", EXE, TESTS, BUDGET, setup=setup))

@@ -55,8 +55,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(os.path.dirname(HERE), "fixture"))
 from helpers import (  # noqa: E402
-    CAFILE, HOST, PASSWORD_FILE, PORT_IMAP, PORT_IMAPS, USER, T, Mount, MountError,
-    errno_name, format_exc, parse_message_name, password, run, short, state_diff,
+    CAFILE, HOST, PASSWORD_FILE, PORT_IMAP, PORT_IMAPS, USER, T, Mount,
+    errno_name, parse_message_name, password, run, run_suite, short, state_diff,
 )
 from writehelpers import (  # noqa: E402
     Expect, FaultProxy, Srv, canonical_name, commands_of_proxy, commands_of_rawlog,
@@ -1339,57 +1339,12 @@ TESTS = [test_ops, test_readonly, test_fallback, test_editors, test_faults, test
 BUDGET = 480.0
 
 
-def run_test(fn, t_start):
-    T.current = fn.__name__[5:]
-    if time.monotonic() - t_start > BUDGET:
-        T.fail("not run: the time budget of %.0f s is used up" % BUDGET)
-        T.current = ""
-        return
-    before = len(T.failures)
-    t0 = time.monotonic()
-    try:
-        fn()
-    except MountError as e:
-        T.fail("mount (expected a working mount; seen: %s)" % e)
-    except Exception as e:
-        T.fail("raised %s: %s" % (type(e).__name__, short(str(e), 400)),
-               details=format_exc().splitlines())
-    T.diag("%s: %.1f s" % (T.current, time.monotonic() - t0))
-    if len(T.failures) > before:
-        T.diag("%s: %d failed check(s)" % (T.current, len(T.failures) - before))
-    T.current = ""
-
-
-def main():
-    if not EXE or not HOST:
-        print("1..0 # SKIP not run under the Dovecot fixture "
-              "(dovecot.py run -- python3 test_write.py IMAPFS)")
-        return 0
-    if not os.path.exists("/dev/fuse"):
-        print("1..0 # SKIP /dev/fuse is missing")
-        return 0
-    if shutil.which("fusermount3") is None:
-        print("1..0 # SKIP fusermount3 is not installed")
-        return 0
-    t0 = time.monotonic()
-    only = [x for x in os.environ.get("IMAPFS_E2E_ONLY", "").split(",") if x]
-    try:
-        for fn in TESTS:
-            if only and fn.__name__[5:] not in only:
-                continue
-            run_test(fn, t0)
-    finally:
-        for px in RECORDERS:
-            px.close()
-        for w in WORLDS:
-            w.close()
-    T.diag("total: %.1f s" % (time.monotonic() - t0))
-    if T.failures:
-        T.diag("%d failed:" % len(T.failures))
-        for f in T.failures:
-            T.diag("  " + short(f, 200))
-    return T.finish()
+def cleanup():
+    for px in RECORDERS:
+        px.close()
+    for w in WORLDS:
+        w.close()
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_suite("test_write.py", EXE, TESTS, BUDGET, cleanup=cleanup))
