@@ -1595,18 +1595,33 @@ static gboolean conn_ensure_connected(ImapConn *conn)
 		g_usleep((gulong)(conn->next_connect_at - now));
 		now = g_get_monotonic_time();
 	}
-	if (conn_setup(conn, &error)) {
-		conn->connected_at = g_get_monotonic_time();
-		conn->answered = FALSE;
-		if (!conn->connect_error)
+	for (guint attempt = 0;; attempt++) {
+		if (conn_setup(conn, &error)) {
+			conn->connected_at = g_get_monotonic_time();
+			conn->answered = FALSE;
 			conn->backoff_ms = 0;
-		return TRUE;
+			g_clear_error(&conn->connect_error);
+			return TRUE;
+		}
+		g_debug("conn %u: connect failed: %s", conn->id,
+			error->message);
+		conn_close_stream(conn);
+		conn_backoff(conn, error);
+		/* A network failure right after the server was reachable
+		 * may be a blip (a cut that caught the new connection too):
+		 * one more attempt after the first backoff. Not after a
+		 * timeout (that would double the wait), and credentials and
+		 * certificates don't fix themselves. */
+		if (attempt > 0 ||
+		    !(g_error_matches(error, IMAP_ERROR,
+				      IMAP_ERROR_DISCONNECTED) ||
+		      g_error_matches(error, IMAP_ERROR, IMAP_ERROR_CONNECT)))
+			break;
+		g_usleep(BACKOFF_MIN_MS * 1000);
+		g_clear_error(&error);
 	}
-	g_debug("conn %u: connect failed: %s", conn->id, error->message);
-	conn_close_stream(conn);
-	conn_backoff(conn, error);
-	/* Credentials and certificates don't fix themselves: no retry of
-	 * the idempotent ones either. */
+	/* No retry of the idempotent ones either: the server is out of
+	 * reach or refuses us. */
 	conn_fail_pending(conn, error);
 	return FALSE;
 }
