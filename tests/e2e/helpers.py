@@ -6,7 +6,6 @@ state always comes from imaplib, with EXAMINE and BODY.PEEK so that looking
 never changes it.
 """
 
-import base64
 import calendar
 import errno
 import imaplib
@@ -21,6 +20,10 @@ import tempfile
 import threading
 import time
 import traceback
+
+sys.path.insert(1, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                "fixture"))
+from dovecot import mutf7_decode  # noqa: E402  (one codec for fixture and tests)
 
 ENV = os.environ
 HOST = ENV.get("IMAPFS_TEST_HOST")
@@ -132,55 +135,6 @@ T = Tap()
 
 
 # ---- small codecs (independent of imapfs's C code) -------------------------------
-
-
-def mutf7_decode(raw):
-    """Modified UTF-7 (RFC 3501 5.1.3) -> str.  ValueError if malformed."""
-    out, i = [], 0
-    while i < len(raw):
-        c = raw[i]
-        if c != "&":
-            if not 0x20 <= ord(c) <= 0x7E:
-                raise ValueError("non-ASCII byte in modified UTF-7 %r" % raw)
-            out.append(c)
-            i += 1
-            continue
-        end = raw.find("-", i + 1)
-        if end < 0:
-            raise ValueError("unterminated shift in %r" % raw)
-        run = raw[i + 1:end]
-        if not run:
-            out.append("&")
-        else:
-            if not re.fullmatch(r"[A-Za-z0-9+,]+", run):
-                raise ValueError("bad base64 run %r in %r" % (run, raw))
-            b64 = run.replace(",", "/")
-            data = base64.b64decode(b64 + "=" * (-len(b64) % 4))
-            if len(data) % 2:
-                raise ValueError("odd UTF-16 length in %r" % raw)
-            out.append(data.decode("utf-16-be"))
-        i = end + 1
-    return "".join(out)
-
-
-def mutf7_encode(name):
-    """str -> modified UTF-7."""
-    out, run = [], []
-
-    def flush():
-        if run:
-            b64 = base64.b64encode("".join(run).encode("utf-16-be")).decode("ascii")
-            out.append("&" + b64.rstrip("=").replace("/", ",") + "-")
-            del run[:]
-
-    for ch in name:
-        if 0x20 <= ord(ch) <= 0x7E:
-            flush()
-            out.append("&-" if ch == "&" else ch)
-        else:
-            run.append(ch)
-    flush()
-    return "".join(out)
 
 
 def imap_quote(s):
