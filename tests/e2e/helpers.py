@@ -38,6 +38,7 @@ MANIFEST = ENV.get("IMAPFS_TEST_MANIFEST")
 # IMAPFS_E2E_DEBUG=1: mounts that may run in the foreground do, with -d,
 # and the log of every mount during which a check failed is printed.
 DEBUG = ENV.get("IMAPFS_E2E_DEBUG") == "1"
+LOG_LINES = int(ENV.get("IMAPFS_E2E_LOG_LINES") or 200)  # how much of such a log
 
 NAME_MAX = 255
 MOUNT_TIMEOUT = 30.0     # the imapfs command must return within this
@@ -713,9 +714,9 @@ class Mount:
                    "imapfs)" % self.limit)
         if DEBUG and len(T.failures) > self.failures_at_start:
             lines = self.log().splitlines()
-            T.diag("log of %s (last %d of %d lines):" % (" ".join(self.args), min(200, len(lines)),
-                                                         len(lines)))
-            T.diag("\n".join(lines[-200:]))
+            T.diag("log of %s (last %d of %d lines):" % (" ".join(self.args),
+                                                         min(LOG_LINES, len(lines)), len(lines)))
+            T.diag("\n".join(lines[-LOG_LINES:]))
         if is_mounted(self.path):
             ok, _ = self.unmount()
             if ok:

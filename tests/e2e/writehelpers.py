@@ -326,8 +326,10 @@ class FaultProxy(Proxy):
             self.cut_at = None
 
     def cut(self):
-        super().cut()
+        # set before the sockets close: the client sees the cut at once and
+        # the test may look at fired as soon as its operation returns
         self.fired.set()
+        super().cut()
 
     def _pump(self, src, dst, record):
         if record is None:
