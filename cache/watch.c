@@ -81,6 +81,10 @@ static void idle_done_cb(ImapResult *result, const GError *error,
 		 * the server ended it. Watch again a little later. */
 		c->idle_restart_at =
 			g_get_monotonic_time() + (error ? RETRY_US : SETTLE_US);
+		/* The folder could not be selected: gone or renamed? */
+		if (g_error_matches(error, IMAP_ERROR, IMAP_ERROR_NO) ||
+		    g_error_matches(error, IMAP_ERROR, IMAP_ERROR_NONEXISTENT))
+			c->folders_dirty = TRUE;
 	}
 	g_cond_broadcast(&c->watch_cond);
 	g_mutex_unlock(&c->lock);
@@ -236,7 +240,10 @@ void cache_watch_stop(Cache *c)
 void cache_watch_folder(Cache *c, guint64 folder_id)
 {
 	g_mutex_lock(&c->lock);
-	if (c->watch_stop || (c->watch_id == folder_id && c->idle_running)) {
+	/* Running, or to be started again by the watcher (after a failure:
+	 * a listing must not turn into a SELECT each time). */
+	if (c->watch_stop || (c->watch_id == folder_id &&
+			      (c->idle_running || c->idle_restart_at))) {
 		g_mutex_unlock(&c->lock);
 		return;
 	}

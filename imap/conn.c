@@ -76,8 +76,6 @@ struct _ImapConn {
 	char *selected; /* raw name, or NULL */
 	guint32 selected_uidvalidity;
 	GArray *seqmap; /* guint32 UID per sequence number - 1; 0 unknown */
-	char *failed_select; /* last SELECT that failed: its dependants fail */
-	GError *failed_select_error;
 	char *bye_text;
 	guint tag_seq;
 	gint64 last_activity;
@@ -136,6 +134,7 @@ void imap_flight_finish(ImapFlight *f, ImapResult *result, const GError *error)
 		imap_command_unref(f->cmd);
 	if (f->parts)
 		g_ptr_array_unref(f->parts);
+	g_clear_error(&f->select_error);
 	g_free(f);
 }
 
@@ -1042,7 +1041,7 @@ typedef enum {
 	SEND_WAIT,
 	SEND_SELECT_FIRST, /* insert a SELECT of the command's mailbox */
 	SEND_UNSELECT_FIRST, /* leave the selected mailbox first */
-	SEND_FAIL, /* fail the command (conn->failed_select_error) */
+	SEND_FAIL, /* fail the command (f->select_error) */
 	SEND_FAIL_UIDVALIDITY, /* built for another generation of UIDs */
 } SendVerdict;
 
@@ -1081,6 +1080,10 @@ static SendVerdict can_send(ImapConn *conn, ImapFlight *f)
 	if (cmd->is_idle) {
 		if (inflight_busy(conn))
 			return SEND_WAIT;
+		/* Without this, an IDLE on a mailbox that is gone would
+		 * SELECT it again and again. */
+		if (f->select_error)
+			return SEND_FAIL;
 		if (cmd->mailbox &&
 		    g_strcmp0(conn->selected, cmd->mailbox) != 0)
 			return SEND_SELECT_FIRST;
@@ -1102,8 +1105,7 @@ static SendVerdict can_send(ImapConn *conn, ImapFlight *f)
 		return SEND_NOW;
 	if (select_in_flight(conn))
 		return SEND_WAIT;
-	if (conn->failed_select &&
-	    g_str_equal(conn->failed_select, cmd->mailbox))
+	if (f->select_error)
 		return SEND_FAIL;
 	if (g_strcmp0(conn->selected, cmd->mailbox) != 0)
 		return inflight_busy(conn) ? SEND_WAIT : SEND_SELECT_FIRST;
@@ -1197,7 +1199,7 @@ static void conn_schedule(ImapConn *conn)
 			return;
 		case SEND_FAIL:
 			g_queue_pop_head(&conn->pending);
-			conn_fail_flight(conn, f, conn->failed_select_error);
+			conn_fail_flight(conn, f, f->select_error);
 			continue;
 		case SEND_FAIL_UIDVALIDITY: {
 			g_autoptr(GError) e = g_error_new(
@@ -1254,8 +1256,6 @@ static void conn_selected(ImapConn *conn, ImapFlight *f, ImapResult *result)
 	g_clear_pointer(&conn->selected, g_free);
 	conn->selected_uidvalidity = 0;
 	g_array_set_size(conn->seqmap, 0);
-	g_clear_pointer(&conn->failed_select, g_free);
-	g_clear_error(&conn->failed_select_error);
 	if (t->status == IMAP_STATUS_OK) {
 		conn->selected = g_strdup(f->cmd->selects);
 		conn->selected_uidvalidity = result->select.uidvalidity;
@@ -1273,9 +1273,21 @@ static void conn_selected(ImapConn *conn, ImapFlight *f, ImapResult *result)
 		imap_client_emit(conn->client, &ev);
 	} else {
 		/* The server has now no mailbox selected (RFC 3501 6.3.1);
-		 * commands queued for that mailbox fail with this error. */
-		conn->failed_select = g_strdup(f->cmd->selects);
-		imap_result_check(result, &conn->failed_select_error);
+		 * the commands queued for that mailbox fail with this error.
+		 * Those that come later try again: the mailbox may be back. */
+		g_autoptr(GError) error = NULL;
+
+		if (imap_result_check(result, &error))
+			error = g_error_new(IMAP_ERROR, IMAP_ERROR_NO,
+					    "SELECT %s failed",
+					    f->cmd->selects);
+		for (GList *l = conn->pending.head; l; l = l->next) {
+			ImapFlight *p = l->data;
+
+			if (p->cmd && !p->select_error &&
+			    g_strcmp0(p->cmd->mailbox, f->cmd->selects) == 0)
+				p->select_error = g_error_copy(error);
+		}
 	}
 }
 
@@ -1832,8 +1844,6 @@ void imap_conn_free(ImapConn *conn)
 	if (conn->caps)
 		g_hash_table_unref(conn->caps);
 	g_free(conn->route_mailbox);
-	g_free(conn->failed_select);
-	g_clear_error(&conn->failed_select_error);
 	g_clear_error(&conn->connect_error);
 	g_free(conn);
 }

@@ -108,6 +108,7 @@ typedef struct {
 	gboolean internal; /* a SELECT the engine inserted */
 	gboolean done_sent; /* IDLE: "DONE" written */
 	gboolean idling; /* IDLE: the server said "+" */
+	GError *select_error; /* queued when its mailbox's SELECT failed */
 } ImapFlight;
 
 typedef struct _ImapConn ImapConn;

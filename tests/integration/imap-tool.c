@@ -654,6 +654,8 @@ int main(int argc, char **argv)
 			g_free(cfg.user), cfg.user = g_strdup(v);
 		else if (g_str_equal(k, "timeout"))
 			g_free(timeout), timeout = g_strdup(v);
+		else if (g_str_equal(k, "connections"))
+			cfg.max_connections = (guint)atoi(v);
 		else
 			g_error("unknown option %s", argv[i]);
 	}

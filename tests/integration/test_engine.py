@@ -344,6 +344,13 @@ def test_folders():
     check("error" not in r[0], "DELETE")
     check(r[1].get("error", {}).get("code") == 17,
           "CREATE of an existing folder: ALREADYEXISTS")
+    # One connection: a failed SELECT fails what waited for it, not what
+    # comes later (the folder may exist by then).
+    r = tool(["meta", "Made Later"], ["create", "Made Later"], ["meta", "Made Later"],
+             options=["--connections", "1"])
+    check("error" in r[0], "meta of a folder that does not exist fails")
+    check("error" not in r[2],
+          "after CREATE, meta of that folder works on the same connection")
     m.logout()
 
 
