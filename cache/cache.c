@@ -1553,6 +1553,7 @@ void cache_append_counters(Cache *c, GString *out)
 		"imap.bytes_in %" G_GUINT64_FORMAT "\n"
 		"imap.bytes_out %" G_GUINT64_FORMAT "\n"
 		"imap.connects %" G_GUINT64_FORMAT "\n"
+		"imap.timeouts %" G_GUINT64_FORMAT "\n"
 		"cache.folder_syncs %" G_GUINT64_FORMAT "\n"
 		"cache.body_hits %" G_GUINT64_FORMAT "\n"
 		"cache.body_fetches %" G_GUINT64_FORMAT "\n"
@@ -1564,9 +1565,10 @@ void cache_append_counters(Cache *c, GString *out)
 		"cache.bytes_on_disk %" G_GUINT64_FORMAT "\n"
 		"cache.moves_pending %u\n",
 		ic.commands, ic.round_trips, ic.bytes_in, ic.bytes_out,
-		ic.connects, cc.folder_syncs, cc.body_hits, cc.body_fetches,
-		cc.range_fetches, cc.prefetches, cc.body_bytes_fetched,
-		cc.evictions, cc.header_hits, bytes_on_disk, moves_pending);
+		ic.connects, ic.timeouts, cc.folder_syncs, cc.body_hits,
+		cc.body_fetches, cc.range_fetches, cc.prefetches,
+		cc.body_bytes_fetched, cc.evictions, cc.header_hits,
+		bytes_on_disk, moves_pending);
 	cache_append_watch_counters(c, out);
 	for (guint i = 0; i < imap_client_n_connections(c->client); i++) {
 		ImapCounters k = imap_client_connection_counters(c->client, i);

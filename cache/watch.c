@@ -271,6 +271,9 @@ void cache_append_watch_counters(Cache *c, GString *out)
 			       "imap.watch.commands %" G_GUINT64_FORMAT "\n"
 			       "imap.watch.bytes_in %" G_GUINT64_FORMAT "\n"
 			       "imap.watch.bytes_out %" G_GUINT64_FORMAT "\n"
-			       "imap.watch.connects %" G_GUINT64_FORMAT "\n",
-			       k.commands, k.bytes_in, k.bytes_out, k.connects);
+			       "imap.watch.connects %" G_GUINT64_FORMAT "\n"
+			       "imap.watch.timeouts %" G_GUINT64_FORMAT "\n"
+			       "imap.watch.keepalives %" G_GUINT64_FORMAT "\n",
+			       k.commands, k.bytes_in, k.bytes_out, k.connects,
+			       k.timeouts, k.keepalives);
 }

@@ -35,6 +35,7 @@ typedef struct {
 	char *cache_size;
 	unsigned port;
 	unsigned timeout;
+	unsigned keepalive;
 	unsigned max_connections;
 	char *poll;
 	char *delete;
@@ -70,6 +71,7 @@ static const struct fuse_opt option_spec[] = {
 	OPT("password=%s", password),
 	OPT("port=%u", port),
 	OPT("timeout=%u", timeout),
+	OPT("keepalive=%u", keepalive),
 	OPT("max_connections=%u", max_connections),
 	OPT("cache_dir=%s", cache_dir),
 	OPT("poll=%s", poll),
@@ -145,6 +147,8 @@ static void usage(const char *prog)
 	       "xoauth2/oauthbearer\n"
 	       "    -o timeout=S             give up on a silent server after "
 	       "S seconds (30)\n"
+	       "    -o keepalive=S           check a silent IDLE connection "
+	       "every S seconds (60)\n"
 	       "    -o max_connections=N     connections to the server (3)\n"
 	       "    -o cache_dir=DIR         default "
 	       "$XDG_CACHE_HOME/imapfs/ACCOUNT\n"
@@ -447,7 +451,13 @@ static gboolean options_from_raw(RawOptions *raw, FsOptions *opts,
 		}
 		opts->poll_s = (guint)v;
 	}
+	if (raw->timeout > 86400 || raw->keepalive > 86400) {
+		g_set_error(error, G_OPTION_ERROR, G_OPTION_ERROR_BAD_VALUE,
+			    "timeout and keepalive: seconds up to 86400");
+		return FALSE;
+	}
 	cfg->timeout_ms = raw->timeout * 1000;
+	cfg->keepalive_ms = raw->keepalive * 1000;
 	cfg->max_connections = raw->max_connections;
 	if (raw->cache_dir) {
 		opts->cache_dir = g_canonicalize_filename(raw->cache_dir, NULL);

@@ -45,6 +45,8 @@ ImapClient *imap_client_new(const ImapConfig *config)
 		c->port = c->tls == IMAP_TLS_IMPLICIT ? 993 : 143;
 	if (!c->timeout_ms)
 		c->timeout_ms = 30000;
+	if (!c->keepalive_ms)
+		c->keepalive_ms = 60000;
 	if (!c->max_connections)
 		c->max_connections = 3;
 	g_mutex_init(&client->lock);

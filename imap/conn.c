@@ -1638,22 +1638,93 @@ static gboolean conn_ensure_connected(ImapConn *conn)
 	return FALSE;
 }
 
-static int conn_poll_timeout(ImapConn *conn)
+/* The IDLE running on @conn that has not been ended, or NULL. */
+static ImapFlight *conn_idle_flight(ImapConn *conn)
 {
-	gint64 timeout = (gint64)conn->client->config.timeout_ms * 1000;
+	for (GList *l = conn->inflight.head; l; l = l->next) {
+		ImapFlight *f = l->data;
+
+		if (f->idling && !f->done_sent)
+			return f;
+	}
+	return NULL;
+}
+
+/* The server owes the answer to DONE from now on: an IDLE may have been
+ * silent for longer than the timeout. */
+static void conn_end_idle(ImapConn *conn, ImapFlight *f)
+{
+	conn_write(conn, "DONE\r\n", 6);
+	f->done_sent = TRUE;
+	conn->last_activity = g_get_monotonic_time();
+}
+
+/* Microseconds until the next deadline of @conn, or -1 for none: the
+ * timeout while an answer is owed (an IDLE that was ended owes one too),
+ * and the keepalive while only an IDLE runs. */
+static gint64 conn_next_deadline(ImapConn *conn, gboolean *keepalive)
+{
+	const ImapConfig *cfg = &conn->client->config;
 	gboolean waiting = FALSE;
+	gint64 span;
 
 	for (GList *l = conn->inflight.head; l; l = l->next) {
 		ImapFlight *f = l->data;
 
-		if (!f->idling)
+		if (!f->idling || f->done_sent)
 			waiting = TRUE;
 	}
-	if (!waiting)
+	*keepalive = !waiting && conn_idle_flight(conn);
+	if (waiting)
+		span = (gint64)cfg->timeout_ms * 1000;
+	else if (*keepalive)
+		span = (gint64)cfg->keepalive_ms * 1000;
+	else
 		return -1;
-	gint64 left = conn->last_activity + timeout - g_get_monotonic_time();
+	return MAX(conn->last_activity + span - g_get_monotonic_time(), 0);
+}
 
-	return left <= 0 ? 0 : (int)MIN(left / 1000 + 1, G_MAXINT);
+static int conn_poll_timeout(ImapConn *conn)
+{
+	gboolean keepalive;
+	gint64 left = conn_next_deadline(conn, &keepalive);
+
+	return left < 0 ? -1 : (int)MIN((left + 999) / 1000, G_MAXINT);
+}
+
+/* A deadline passed: an answer that did not come loses the connection; an
+ * IDLE that was silent for the keepalive is ended, and the server must
+ * answer the DONE within the timeout. A server that forgot us (a laptop
+ * that slept, a NAT that dropped the mapping) never answers: that is how
+ * a dead IDLE is noticed. The watch starts the next IDLE. */
+static void conn_check_deadline(ImapConn *conn)
+{
+	g_autoptr(GError) error = NULL;
+	gboolean keepalive;
+
+	if (!conn->stream || conn_next_deadline(conn, &keepalive) != 0)
+		return;
+	if (keepalive) {
+		ImapFlight *f = conn_idle_flight(conn);
+
+		g_debug("conn %u: IDLE silent for %u s: ending it to check the "
+			"server is there",
+			conn->id, conn->client->config.keepalive_ms / 1000);
+		conn_end_idle(conn, f);
+		g_mutex_lock(&conn->client->lock);
+		conn->client->counters.keepalives++;
+		conn->counters.keepalives++;
+		g_mutex_unlock(&conn->client->lock);
+		return;
+	}
+	g_set_error(&error, IMAP_ERROR, IMAP_ERROR_TIMEOUT,
+		    "no answer from the server for %u s",
+		    conn->client->config.timeout_ms / 1000);
+	g_mutex_lock(&conn->client->lock);
+	conn->client->counters.timeouts++;
+	conn->counters.timeouts++;
+	g_mutex_unlock(&conn->client->lock);
+	conn_lost(conn, error);
 }
 
 static void conn_logout(ImapConn *conn)
@@ -1697,10 +1768,8 @@ static gpointer conn_thread(gpointer data)
 			for (GList *l = conn->inflight.head; l; l = l->next) {
 				ImapFlight *f = l->data;
 
-				if (f->idling && !f->done_sent) {
-					conn_write(conn, "DONE\r\n", 6);
-					f->done_sent = TRUE;
-				}
+				if (f->idling && !f->done_sent)
+					conn_end_idle(conn, f);
 			}
 			conn_schedule(conn);
 		}
@@ -1729,12 +1798,7 @@ static gpointer conn_thread(gpointer data)
 				continue;
 			}
 		}
-		if (conn->stream && conn_poll_timeout(conn) == 0) {
-			g_set_error(&error, IMAP_ERROR, IMAP_ERROR_TIMEOUT,
-				    "no answer from the server for %u s",
-				    conn->client->config.timeout_ms / 1000);
-			conn_lost(conn, error);
-		}
+		conn_check_deadline(conn);
 	}
 
 	/* Shutdown: nothing new starts; finish politely if we can. */
@@ -1745,8 +1809,7 @@ static gpointer conn_thread(gpointer data)
 		if (f->idling && !f->done_sent && conn->stream) {
 			g_autoptr(GError) e = NULL;
 
-			conn_write(conn, "DONE\r\n", 6);
-			f->done_sent = TRUE;
+			conn_end_idle(conn, f);
 			conn_flush(conn, &e);
 		}
 	}

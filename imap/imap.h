@@ -329,6 +329,7 @@ typedef struct {
 	ImapAuthMech auth;
 	ImapSecretSource secret; /* password, or the token command for OAuth */
 	guint timeout_ms; /* no progress for this long fails; default 30 s */
+	guint keepalive_ms; /* an IDLE silent this long is ended; default 60 s */
 	guint max_connections; /* default 3 */
 	gboolean no_enable; /* don't ENABLE QRESYNC/CONDSTORE */
 } ImapConfig;
@@ -425,6 +426,8 @@ typedef struct {
 	guint64 bytes_in; /* IMAP bytes received (inside TLS) */
 	guint64 bytes_out; /* IMAP bytes sent (inside TLS) */
 	guint64 connects; /* connections opened (logins) */
+	guint64 timeouts; /* connections given up for a silent server */
+	guint64 keepalives; /* IDLEs ended to see that the server is there */
 } ImapCounters;
 
 /* Copies @config. No connection is opened until one is needed (or

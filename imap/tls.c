@@ -92,8 +92,14 @@ static int connect_one(const struct addrinfo *ai, gint64 deadline,
 	}
 	/* Pipelined commands are small; don't let Nagle hold them back. */
 	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-	/* A laptop that sleeps leaves a dead peer: let the kernel notice. */
+	/* A laptop that sleeps, or a NAT that forgets, leaves a dead peer:
+	 * let the kernel notice, within 90 s of silence on a connection no
+	 * command uses (the default would be after two hours). Commands have
+	 * their own timeout; an IDLE has the keepalive of the engine. */
 	setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof(one));
+	setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &(int){60}, sizeof(int));
+	setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &(int){10}, sizeof(int));
+	setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &(int){3}, sizeof(int));
 	return fd;
 fail:
 	g_set_error(error, IMAP_ERROR, IMAP_ERROR_CONNECT, "%s",
