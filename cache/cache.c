@@ -965,6 +965,7 @@ typedef struct {
 	ImapUidSet *alive; /* when set: known UIDs not in it are gone */
 	ImapUidSet *vanished; /* when set: these UIDs are gone */
 	GHashTable *fresh; /* uid -> Meta: messages new to the index */
+	GPtrArray *dropped; /* names of an old generation, gone */
 } SyncResult;
 
 static void sync_result_clear(SyncResult *sr)
@@ -973,6 +974,7 @@ static void sync_result_clear(SyncResult *sr)
 	g_clear_pointer(&sr->fresh, g_hash_table_unref);
 	g_clear_pointer(&sr->alive, imap_uid_set_free);
 	g_clear_pointer(&sr->vanished, imap_uid_set_free);
+	g_clear_pointer(&sr->dropped, g_ptr_array_unref);
 }
 
 void cache_install_messages_locked(Cache *c, FolderState *st, GPtrArray *msgs,
@@ -1053,6 +1055,8 @@ static void apply_sync(Cache *c, CacheFolder *f, FolderState *st,
 	CacheChangeFunc notify;
 	gpointer notify_data;
 
+	for (guint i = 0; sr->dropped && i < sr->dropped->len; i++)
+		g_ptr_array_add(removed, g_strdup(sr->dropped->pdata[i]));
 	g_mutex_lock(&c->lock);
 	cache_db_exec(c, "BEGIN", NULL);
 	g_hash_table_iter_init(&it, known);
@@ -1250,10 +1254,18 @@ static gboolean folder_sync(Cache *c, CacheFolder *f, FolderState *st,
 	if (sr.uidvalidity != row.uidvalidity) {
 		/* A new generation: nothing of the old one may be served
 		 * under these UIDs. */
+		gpointer v;
+
 		g_mutex_lock(&c->lock);
 		drop_generation_locked(c, f->id, sr.uidvalidity);
 		g_mutex_unlock(&c->lock);
 		cache_body_remove_folder(c, f->id);
+		/* Their names go too: the kernel must forget them. */
+		sr.dropped = g_ptr_array_new_with_free_func(g_free);
+		g_hash_table_iter_init(&it, known);
+		while (g_hash_table_iter_next(&it, NULL, &v))
+			g_ptr_array_add(sr.dropped,
+					g_strdup(((CacheMessage *)v)->name));
 		g_hash_table_remove_all(known);
 		row.highestmodseq = 0;
 		qresync = FALSE;
