@@ -23,7 +23,23 @@ changes the server, and the test watches the mount:
             (with cache=full, a read before the expunge; with cache=none,
             none);
   quiet     an idle mount that watches a folder sends nothing on its
-            command connections.
+            command connections;
+  notify    with NOTIFY (Dovecot has it) and no poll (-o poll=0): a new
+            message in a folder in use but not watched, and a folder
+            created elsewhere, show within 2 s all the same;
+  generation  another client deletes a folder the mount has read and
+            creates it again (a new UIDVALIDITY, the same UIDs): the mount
+            lists and reads the new messages byte-exact, the old names stop
+            resolving and no byte of the old generation stays in the cache;
+  asleep    every connection goes silent for good (the proxy drops all
+            bytes and sends no FIN: a laptop that slept while the server
+            forgot it): a read of an uncached message returns its bytes or
+            an errno within twice the timeout, `ls` answers from the cache at
+            once, and the watch notices its dead IDLE (-o keepalive) and
+            reconnects, so a new message shows again;
+  switch    the watch moves to another folder after its IDLE was silent
+            for longer than the timeout: the DONE is not taken for a dead
+            server, and the new folder's changes show within 2 s.
 
 TAP output; `1..0 # SKIP` when not runnable.  IMAPFS_E2E_ONLY=open,folders
 runs only those.  Python standard library only.
@@ -36,9 +52,11 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
+sys.path.insert(1, os.path.join(os.path.dirname(HERE), "fixture"))
 from helpers import (  # noqa: E402
-    T, Mount, Server, errno_name, imap_quote, parse_message_name, run_suite,
+    HOST, PORT_IMAPS, T, Mount, Server, errno_name, imap_quote, parse_message_name, run_suite,
 )
+from proxy import Proxy  # noqa: E402
 
 EXE = os.path.abspath(sys.argv[1]) if len(sys.argv) > 1 else None
 WATCH_LIMIT = 2.0  # seconds: the folder in use
@@ -352,7 +370,212 @@ def test_quiet():
     other.close()
 
 
-TESTS = [test_watched, test_polled, test_folders, test_open, test_quiet]
+def test_notify():
+    other = Other()
+    if b"NOTIFY" not in b" ".join(other.m.capability()[1]).split():
+        T.skip("NOTIFY: changes of folders not watched", "the server has no NOTIFY")
+        other.close()
+        return
+    n, w, made = "LiveNotified", "LiveNotifyWatch", "LiveNotifyMade"
+    uids = sorted(seed(other, n, 2))
+    seed(other, w, 1)
+    with mounted(["poll=0"]) as m:
+        pn = m.p(n)
+        T.eq(sorted(listing(pn)), uids, "poll=0: the mount lists %s" % n)
+        listing(m.p(w))  # the watched folder from now on
+        time.sleep(0.5)  # the watch's IDLE (and NOTIFY SET) is running
+        new = other.append(n, make_message("Arrived in a folder not watched"))
+        timely(lambda: new in listing(pn), WATCH_LIMIT,
+               "poll=0, NOTIFY: a new message in a folder in use but not watched is listed")
+        other.expunge(n, uids[0])
+        timely(lambda: uids[0] not in listing(pn), WATCH_LIMIT,
+               "poll=0, NOTIFY: an expunge in a folder not watched leaves the listing")
+        other.create(made)
+        timely(lambda: made in os.listdir(m.path), WATCH_LIMIT,
+               "poll=0, NOTIFY: a folder created by another client appears")
+    other.close()
+
+
+def read_all(path):
+    with open(path, "rb") as fh:
+        return fh.read()
+
+
+def cache_holds(cache, needles):
+    """Files under the cache dir whose bytes contain one of needles."""
+    hits = []
+    for top, _, files in os.walk(cache):
+        for f in files:
+            path = os.path.join(top, f)
+            try:
+                data = read_all(path)
+            except OSError:
+                continue
+            if any(x in data for x in needles):
+                hits.append(os.path.relpath(path, cache))
+    return hits
+
+
+def test_generation():
+    other = Other()
+    raw = "LiveGeneration"
+    other.create(raw)
+    old = {}
+    for i in range(2):
+        data = make_message("Generation one %d" % i, "The first generation, #%d.\r\n" % i)
+        old[other.append(raw, data)] = data
+    before = other.s.uidvalidity(raw)
+    with mounted(["cache=full"]) as m:
+        d = m.p(raw)
+        names = listing(d)
+        T.check(all(read_all(os.path.join(d, names[u])) == old[u] for u in old),
+                "the first generation reads byte-exact (now cached)")
+        for attempt in range(3):
+            # Dovecot may give a folder made again within the same second
+            # the same UIDVALIDITY: then once more, a second later
+            other.delete(raw)
+            time.sleep(1.1 * attempt)
+            try:
+                other.create(raw)
+            except RuntimeError as e:
+                # Dovecot (Maildir): a SELECT that races the DELETE may
+                # make the folder's directories again; it exists then.
+                if "ALREADYEXISTS" not in str(e):
+                    raise
+                T.diag("generation: %s" % e)
+            after = other.s.uidvalidity(raw)
+            if after != before:
+                break
+        new = {}
+        for i in range(2):
+            data = make_message("Generation two %d" % i, "The second generation, #%d.\r\n" % i)
+            new[other.append(raw, data)] = data
+        T.diag("generation: UIDVALIDITY %d -> %d, UIDs %s -> %s"
+               % (before, after, sorted(old), sorted(new)))
+        if after == before:
+            T.skip("a new UIDVALIDITY while mounted", "the server kept the UIDVALIDITY")
+            other.close()
+            return
+
+        def shows_new():
+            try:  # the folder may be gone from the tree for a moment
+                now = listing(d)
+            except FileNotFoundError:
+                return False
+            return (sorted(now) == sorted(new)
+                    and all("two" in parse_message_name(x)[1] for x in now.values()))
+        if not timely(shows_new, POLL_LIMIT + 2,
+                      "a folder deleted and created again elsewhere (new UIDVALIDITY) lists "
+                      "its new messages under new names"):
+            other.close()
+            return
+        now = listing(d)
+        bad = []
+        for u, data in sorted(new.items()):
+            try:
+                got = read_all(os.path.join(d, now[u]))
+                if got != data:
+                    bad.append("UID %d: %d bytes%s" % (u, len(got), ", the OLD message"
+                                                        if got in old.values() else ""))
+            except OSError as e:
+                bad.append("UID %d: %s" % (u, errno_name(e.errno)))
+        T.none_of(bad, "the new generation reads byte-exact: nothing old is served under "
+                  "a reused UID")
+        T.eq([errno_name(stat_errno(os.path.join(d, names[u]))) for u in sorted(old)],
+             ["ENOENT"] * len(old), "the old generation's names no longer resolve")
+        T.none_of(cache_holds(m.cache, [b"The first generation"]),
+                  "no byte of the old generation is left in the cache dir")
+    other.close()
+
+
+SLEEP_TIMEOUT = 3  # -o timeout= of the mount whose connections go silent
+KEEPALIVE = 2      # -o keepalive=
+
+
+def test_asleep():
+    other = Other()
+    raw = "LiveAsleep"
+    bodies = {}
+    other.create(raw)
+    for i in range(3):
+        data = make_message("Asleep %d" % i)
+        bodies[other.append(raw, data)] = data
+    uids = sorted(bodies)
+    with Proxy(HOST, PORT_IMAPS) as px:
+        with mounted(["port=%d" % px.port, "poll=0", "timeout=%d" % SLEEP_TIMEOUT,
+                      "keepalive=%d" % KEEPALIVE]) as m:
+            d = m.p(raw)
+            names = listing(d)
+            T.eq(read_all(os.path.join(d, names[uids[0]])), bodies[uids[0]],
+                 "asleep: a message reads through the proxy")
+            time.sleep(0.5)  # the watch's IDLE runs
+            c0 = m.counters()
+            px.freeze()
+            accepted = px.accepted
+
+            t0 = time.monotonic()
+            try:
+                got = read_all(os.path.join(d, names[uids[1]]))
+                seen = "%d bytes" % len(got) if got != bodies[uids[1]] else "its bytes"
+            except OSError as e:
+                seen = errno_name(e.errno)
+            took = time.monotonic() - t0
+            T.check(seen in ("its bytes", "EIO", "ENETDOWN", "ETIMEDOUT"),
+                    "asleep: a read of an uncached message returns its bytes or an errno",
+                    expected="its bytes, EIO, ENETDOWN or ETIMEDOUT", seen=seen)
+            T.check(took <= 2 * SLEEP_TIMEOUT + 2,
+                    "asleep: ... within twice the timeout (%.1f s, %s)" % (took, seen),
+                    expected="<= %d s" % (2 * SLEEP_TIMEOUT + 2), seen="%.1f s" % took)
+
+            t0 = time.monotonic()
+            r = sorted(listing(d))
+            took = time.monotonic() - t0
+            T.check(r == uids and took < 1.0,
+                    "asleep: ls answers from the cache at once (%.2f s)" % took,
+                    expected="%s within 1 s" % uids, seen="%s after %.2f s" % (r, took))
+
+            new = other.append(raw, make_message("Arrived after the sleep"))
+            # the keepalive, the DONE's timeout, the watch's retry, the resync
+            limit = KEEPALIVE + SLEEP_TIMEOUT + 5 + WATCH_LIMIT + 1
+            timely(lambda: new in listing(d), limit,
+                   "asleep: the watch notices its dead IDLE and reconnects: a new message "
+                   "is listed")
+            c1 = m.counters()
+            T.check(c1["imap.watch.keepalives"] > c0["imap.watch.keepalives"]
+                    and c1["imap.watch.timeouts"] > c0["imap.watch.timeouts"],
+                    "asleep: the dead IDLE was found by a keepalive that timed out "
+                    "(imap.watch.keepalives, imap.watch.timeouts)",
+                    expected="both grew",
+                    seen={k: (c0[k], c1[k]) for k in ("imap.watch.keepalives",
+                                                      "imap.watch.timeouts")})
+            T.check(px.accepted > accepted, "asleep: new connections were made",
+                    expected="> %d" % accepted, seen=px.accepted)
+            path = os.path.join(d, listing(d)[uids[2]])
+            T.eq(read_all(path), bodies[uids[2]], "asleep: afterwards a message reads byte-exact")
+    other.close()
+
+
+def test_switch():
+    other = Other()
+    a, b = "LiveSwitchA", "LiveSwitchB"
+    seed(other, a, 1)
+    seed(other, b, 1)
+    with mounted(["poll=0", "timeout=2"]) as m:
+        listing(m.p(a))
+        time.sleep(3.0)  # the IDLE on LiveSwitchA is silent for longer than the timeout
+        listing(m.p(b))  # the watch moves: DONE, then SELECT LiveSwitchB
+        time.sleep(0.5)
+        new = other.append(b, make_message("Arrived after the watch moved"))
+        timely(lambda: new in listing(m.p(b)), WATCH_LIMIT,
+               "after an IDLE silent for longer than the timeout, the watch moves to another "
+               "folder and sees a new message there")
+        T.eq(m.counters()["imap.watch.timeouts"], 0,
+             "the DONE that ended a long silent IDLE did not time out (imap.watch.timeouts)")
+    other.close()
+
+
+TESTS = [test_watched, test_polled, test_folders, test_open, test_quiet, test_notify,
+         test_generation, test_asleep, test_switch]
 
 
 if __name__ == "__main__":
