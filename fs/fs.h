@@ -4,7 +4,7 @@
 
 #include <sys/types.h>
 
-#define FUSE_USE_VERSION 35
+#define FUSE_USE_VERSION 312
 #include <fuse_lowlevel.h>
 
 #include "cache.h"

@@ -7,7 +7,7 @@
  * shadow reads the message's bytes and keeps the message on the server
  * until the new version is safely appended.
  */
-#define FUSE_USE_VERSION 35
+#define FUSE_USE_VERSION 312
 #include <fuse_lowlevel.h>
 
 #include <errno.h>

@@ -3,7 +3,7 @@
  * imapfs command line: options in the style of sshfs (-o key=value,
  * [user@]host[:port] MOUNTPOINT), parsed with fuse_opt.
  */
-#define FUSE_USE_VERSION 35
+#define FUSE_USE_VERSION 312
 #include <fuse_lowlevel.h>
 #include <fuse_opt.h>
 
@@ -648,7 +648,9 @@ static int fs_mount(FsOptions *opts, struct fuse_args *args)
 	loop = fuse_loop_cfg_create();
 	fuse_loop_cfg_set_clone_fd(loop, 0);
 	fuse_loop_cfg_set_max_threads(loop, 16);
-	fuse_loop_cfg_set_idle_threads(loop, 4);
+	/* Threads that stay: one made and ended per request costs more than
+	 * the request (cp -a keeps several reads in flight). */
+	fuse_loop_cfg_set_idle_threads(loop, 16);
 	status = fuse_session_loop_mt(se, loop);
 	/* SIGTERM, SIGINT or SIGHUP: an unmount that was asked for. */
 	status = (status == 0 || status == SIGTERM || status == SIGINT ||

@@ -7,7 +7,7 @@
  * Inode numbers are derived from the cache's stable ids, so nothing needs
  * to be remembered per lookup and forget has nothing to free.
  */
-#define FUSE_USE_VERSION 35
+#define FUSE_USE_VERSION 312
 #include <fuse_lowlevel.h>
 
 #include <errno.h>
@@ -532,12 +532,30 @@ static void fs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	fuse_reply_open(req, fi);
 }
 
+/* A buffer per FUSE thread for replies to reads: a fresh one of up to
+ * 1 MiB per read would be mapped and faulted in each time. */
+static GPrivate read_buffer_key =
+	G_PRIVATE_INIT((GDestroyNotify)g_byte_array_unref);
+
+static char *read_buffer(size_t size)
+{
+	GByteArray *b = g_private_get(&read_buffer_key);
+
+	if (!b) {
+		b = g_byte_array_sized_new((guint)size);
+		g_private_set(&read_buffer_key, b);
+	}
+	if (b->len < size)
+		g_byte_array_set_size(b, (guint)size);
+	return (char *)b->data;
+}
+
 static void fs_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 		    struct fuse_file_info *fi)
 {
 	Handle *h = handle_of(fi);
 	g_autoptr(GError) error = NULL;
-	g_autofree char *buf = g_malloc(size);
+	char *buf = read_buffer(size);
 	gssize n;
 
 	count_op(fs_of(req), FS_OP_READ);

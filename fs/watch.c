@@ -8,7 +8,7 @@
  * directory's lock while it waits for one of our replies, so notifying
  * from a request handler could deadlock.
  */
-#define FUSE_USE_VERSION 35
+#define FUSE_USE_VERSION 312
 #include <fuse_lowlevel.h>
 
 #include <string.h>
