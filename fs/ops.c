@@ -808,11 +808,6 @@ static void fs_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr,
 
 /* ---- xattrs ---- */
 
-static const char *const message_xattrs[] = {
-	"user.imap.flags",	  "user.imap.uid",    "user.imap.uidvalidity",
-	"user.imap.internaldate", "user.imap.folder",
-};
-
 static char *format_internaldate(const CacheMessage *m)
 {
 	static const char *const months[] = {"Jan", "Feb", "Mar", "Apr",
@@ -933,10 +928,12 @@ static void fs_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size)
 		if (v)
 			g_string_append_len(list, "user.imap.folder", 17);
 	} else {
-		for (guint i = 0; i < G_N_ELEMENTS(message_xattrs); i++)
-			g_string_append_len(list, message_xattrs[i],
-					    (gssize)strlen(message_xattrs[i]) +
-						    1);
+		/* Only the flags: they are what a copy should carry (and
+		 * what may be set). The UID, UIDVALIDITY, date and folder
+		 * are read by name: listed, cp -a, rsync -X and tar
+		 * --xattrs would put server bookkeeping on local copies,
+		 * at two requests per attribute and file. */
+		g_string_append_len(list, "user.imap.flags", 16);
 	}
 	reply_xattr(req, list->str, list->len, size);
 }
