@@ -700,7 +700,11 @@ void cache_prefetch_after(Cache *c, guint64 folder_id, FolderState *st,
 		CacheMessage *m = seq->pdata[i];
 		g_autofree char *path = NULL;
 
-		if (m->size > CACHE_RANGE_THRESHOLD)
+		/* A big body comes whole too: in a sequential scan it is
+		 * read whole, and in ranges every chunk would wait behind
+		 * the batch. Not the huge ones, nor one read in ranges. */
+		if (m->size > CACHE_PREFETCH_BYTES ||
+		    g_hash_table_contains(c->partials, &m->id))
 			continue;
 		path = cache_body_path(c, m);
 		if (g_file_test(path, G_FILE_TEST_EXISTS) ||
@@ -1050,6 +1054,15 @@ gssize cache_body_read(CacheBody *b, char *buf, gsize size, goffset offset,
 		return pread_all(b->fd, buf, size, offset, error);
 	}
 
+	/* A big body that a prefetch is bringing whole: wait for it. */
+	if (!b->partial) {
+		g_mutex_lock(&c->lock);
+		while (g_hash_table_contains(c->fetching, &m->id))
+			g_cond_wait(&c->fetch_cond, &c->lock);
+		g_mutex_unlock(&c->lock);
+		if (body_open_file(b))
+			return pread_all(b->fd, buf, size, offset, error);
+	}
 	/* A big body: fetch only the ranges this read needs, plus a few
 	 * ahead when the reader goes sequentially. */
 	if ((guint64)offset >= m->size || size == 0)

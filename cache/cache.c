@@ -1520,9 +1520,10 @@ void cache_note_open(Cache *c, const CacheMessage *m)
 		else if ((gint)i != st->last_index[o])
 			st->streak[o] = 0;
 		st->last_index[o] = (gint)i;
-		/* Keep the next batch coming before this one runs out. */
+		/* Keep a whole batch queued behind the one arriving, so
+		 * the server never waits for our next request. */
 		if (order < 0 && st->streak[o] >= 1 &&
-		    i + CACHE_PREFETCH_MESSAGES / 2 >= st->prefetched_upto[o]) {
+		    i + CACHE_PREFETCH_MESSAGES >= st->prefetched_upto[o]) {
 			order = o;
 			index = i;
 		}
