@@ -249,7 +249,7 @@ static void store_header(Cache *c, int fd, guint64 message_id)
 	g_autofree char *buf = g_malloc(HEADER_MAX);
 	ssize_t n = pread(fd, buf, HEADER_MAX, 0);
 	const char *end;
-	sqlite3_stmt *st = NULL;
+	sqlite3_stmt *st;
 
 	if (n <= 0)
 		return;
@@ -257,13 +257,12 @@ static void store_header(Cache *c, int fd, guint64 message_id)
 	if (!end)
 		return;
 	g_mutex_lock(&c->lock);
-	sqlite3_prepare_v2(c->db,
-			   "UPDATE messages SET header = ?1 WHERE id = ?2", -1,
-			   &st, NULL);
+	st = cache_stmt_locked(c, CACHE_STMT_STORE_HEADER,
+			       "UPDATE messages SET header = ?1 WHERE id = ?2");
 	sqlite3_bind_blob(st, 1, buf, (int)(end + 4 - buf), SQLITE_STATIC);
 	sqlite3_bind_int64(st, 2, (sqlite3_int64)message_id);
 	sqlite3_step(st);
-	sqlite3_finalize(st);
+	cache_stmt_done(st);
 	g_mutex_unlock(&c->lock);
 }
 

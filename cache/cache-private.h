@@ -51,6 +51,14 @@ typedef struct {
 	guint prefetched_upto[2];
 } FolderState;
 
+/* Statements run once per message, prepared once (cache_stmt_locked()). */
+typedef enum {
+	CACHE_STMT_INSERT_MESSAGE,
+	CACHE_STMT_UPDATE_FLAGS,
+	CACHE_STMT_STORE_HEADER,
+	CACHE_STMT_COUNT,
+} CacheStmt;
+
 struct _Cache {
 	ImapClient *client;
 	CacheConfig cfg;
@@ -58,6 +66,7 @@ struct _Cache {
 	char *tmp_dir;
 	sqlite3 *db;
 	GMutex lock; /* everything below, and the database */
+	sqlite3_stmt *stmts[CACHE_STMT_COUNT];
 	GCond fetch_cond; /* broadcast when a body fetch finishes */
 	GHashTable *folders; /* id -> CacheFolder * */
 	GHashTable *folder_ids; /* raw name -> id (implied folders too) */
@@ -111,6 +120,8 @@ FolderState *cache_folder_fresh(Cache *c, guint64 folder_id,
 				CacheFolder **folder_out, GError **error);
 /* Run commands concurrently (they pipeline) and wait for all. */
 gboolean cache_run_batch(Cache *c, ImapCommand **cmds, guint n, GError **error);
+sqlite3_stmt *cache_stmt_locked(Cache *c, CacheStmt which, const char *sql);
+void cache_stmt_done(sqlite3_stmt *st);
 CacheMessage *cache_insert_message_locked(Cache *c, guint64 folder_id,
 					  guint32 uidvalidity, const Meta *m);
 void cache_delete_message_locked(Cache *c, CacheMessage *m);

@@ -199,8 +199,26 @@ gboolean cache_db_open(Cache *c, GError **error)
 	return db_open_once(c, path, error);
 }
 
+/* The statement @which, prepared on first use and kept: preparing costs
+ * more than running one of these. Reset it with cache_stmt_done(). */
+sqlite3_stmt *cache_stmt_locked(Cache *c, CacheStmt which, const char *sql)
+{
+	if (!c->stmts[which])
+		sqlite3_prepare_v3(c->db, sql, -1, SQLITE_PREPARE_PERSISTENT,
+				   &c->stmts[which], NULL);
+	return c->stmts[which];
+}
+
+void cache_stmt_done(sqlite3_stmt *st)
+{
+	sqlite3_reset(st);
+	sqlite3_clear_bindings(st);
+}
+
 void cache_db_close(Cache *c)
 {
+	for (guint i = 0; i < CACHE_STMT_COUNT; i++)
+		g_clear_pointer(&c->stmts[i], sqlite3_finalize);
 	if (c->db)
 		sqlite3_close(c->db);
 	c->db = NULL;
@@ -840,7 +858,7 @@ static void drop_generation_locked(Cache *c, guint64 folder_id,
 CacheMessage *cache_insert_message_locked(Cache *c, guint64 folder_id,
 					  guint32 uidvalidity, const Meta *m)
 {
-	sqlite3_stmt *st = NULL;
+	sqlite3_stmt *st;
 	gsize slen = 0;
 	const char *subj =
 		m->subject ? g_bytes_get_data(m->subject, &slen) : NULL;
@@ -855,13 +873,12 @@ CacheMessage *cache_insert_message_locked(Cache *c, guint64 folder_id,
 	cm->tz = m->tz;
 	cm->modseq = m->modseq;
 	cm->name = cache_message_name(m->date, subj, slen, m->uid);
-	sqlite3_prepare_v2(c->db,
-			   "INSERT OR REPLACE INTO messages (folder_id,"
-			   " uidvalidity, uid, flags, size, internaldate, tz,"
-			   " modseq, subject, name) VALUES"
-			   " (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"
-			   " RETURNING id",
-			   -1, &st, NULL);
+	st = cache_stmt_locked(c, CACHE_STMT_INSERT_MESSAGE,
+			       "INSERT OR REPLACE INTO messages (folder_id,"
+			       " uidvalidity, uid, flags, size, internaldate,"
+			       " tz, modseq, subject, name) VALUES"
+			       " (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"
+			       " RETURNING id");
 	sqlite3_bind_int64(st, 1, (sqlite3_int64)folder_id);
 	sqlite3_bind_int64(st, 2, uidvalidity);
 	sqlite3_bind_int64(st, 3, cm->uid);
@@ -874,23 +891,21 @@ CacheMessage *cache_insert_message_locked(Cache *c, guint64 folder_id,
 	sqlite3_bind_text(st, 10, cm->name, -1, SQLITE_STATIC);
 	if (sqlite3_step(st) == SQLITE_ROW)
 		cm->id = (guint64)sqlite3_column_int64(st, 0);
-	sqlite3_finalize(st);
+	cache_stmt_done(st);
 	return cm;
 }
 
 void cache_update_flags_locked(Cache *c, CacheMessage *m)
 {
-	sqlite3_stmt *st = NULL;
+	sqlite3_stmt *st = cache_stmt_locked(
+		c, CACHE_STMT_UPDATE_FLAGS,
+		"UPDATE messages SET flags = ?1, modseq = ?2 WHERE id = ?3");
 
-	sqlite3_prepare_v2(c->db,
-			   "UPDATE messages SET flags = ?1, modseq = ?2"
-			   " WHERE id = ?3",
-			   -1, &st, NULL);
 	sqlite3_bind_text(st, 1, m->flags, -1, SQLITE_STATIC);
 	sqlite3_bind_int64(st, 2, (sqlite3_int64)m->modseq);
 	sqlite3_bind_int64(st, 3, (sqlite3_int64)m->id);
 	sqlite3_step(st);
-	sqlite3_finalize(st);
+	cache_stmt_done(st);
 }
 
 void cache_delete_message_locked(Cache *c, CacheMessage *m)
