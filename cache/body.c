@@ -549,14 +549,17 @@ static void fetch_done_cb(ImapResult *result, const GError *error,
 	g_mutex_unlock(&w->lock);
 }
 
-static GString *uid_list(GArray *uids)
+/* "3:40,42": a batch of hundreds of UIDs is mostly runs. */
+static char *uid_list(GArray *uids)
 {
-	GString *s = g_string_new(NULL);
+	g_autoptr(ImapUidSet) set = imap_uid_set_new();
 
-	for (guint i = 0; i < uids->len; i++)
-		g_string_append_printf(s, "%s%u", i ? "," : "",
-				       g_array_index(uids, guint32, i));
-	return s;
+	for (guint i = 0; i < uids->len; i++) {
+		guint32 uid = g_array_index(uids, guint32, i);
+
+		imap_uid_set_add(set, uid, uid);
+	}
+	return imap_uid_set_to_string(set);
 }
 
 static ImapCommand *body_command(Fetch *f, const char *raw, const char *set,
@@ -722,9 +725,9 @@ void cache_prefetch_after(Cache *c, guint64 folder_id, FolderState *st,
 	if (!f)
 		return;
 
-	g_autoptr(GString) set = uid_list(uids);
+	g_autofree char *set = uid_list(uids);
 	g_autoptr(ImapCommand) cmd =
-		body_command(f, raw, set->str, "UID BODY.PEEK[]");
+		body_command(f, raw, set, "UID BODY.PEEK[]");
 	FetchWait *w = g_new0(FetchWait, 1);
 
 	w->fetch = f;

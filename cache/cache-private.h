@@ -15,7 +15,7 @@ G_BEGIN_DECLS
 /* Bigger than any mail; also bounds the ranges of one body (16384). */
 #define CACHE_MAX_MESSAGE (G_GUINT64_CONSTANT(16) << 30)
 /* Sequential-scan prefetch: at most this many bodies or bytes ahead. */
-#define CACHE_PREFETCH_MESSAGES 64
+#define CACHE_PREFETCH_MESSAGES 256
 #define CACHE_PREFETCH_BYTES (32 * 1024 * 1024)
 /* Moves: at most this many per UID MOVE; network failures retried. */
 #define CACHE_MOVE_BATCH_MAX 1000
