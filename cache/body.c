@@ -728,6 +728,8 @@ void cache_prefetch_after(Cache *c, guint64 folder_id, FolderState *st,
 	g_autofree char *set = uid_list(uids);
 	g_autoptr(ImapCommand) cmd =
 		body_command(f, raw, set, "UID BODY.PEEK[]");
+
+	imap_command_set_bulk(cmd);
 	FetchWait *w = g_new0(FetchWait, 1);
 
 	w->fetch = f;

@@ -193,6 +193,10 @@ static ImapConn *client_pick_locked(ImapClient *client, ImapCommand *cmd)
 {
 	const char *mailbox =
 		cmd ? (cmd->mailbox ? cmd->mailbox : cmd->selects) : NULL;
+	/* What someone waits for (a read, a listing) does not queue behind
+	 * prefetched bodies: it takes a connection without bulk work, even
+	 * if that costs a SELECT there. */
+	gboolean avoid_bulk = cmd && !cmd->bulk;
 	ImapConn *best = NULL;
 
 	if (mailbox) {
@@ -200,16 +204,29 @@ static ImapConn *client_pick_locked(ImapClient *client, ImapCommand *cmd)
 			ImapConn *c = client->conns->pdata[i];
 
 			if (g_strcmp0(imap_conn_route_mailbox_locked(c),
-				      mailbox) == 0)
+				      mailbox) == 0 &&
+			    !(avoid_bulk && imap_conn_bulk_load_locked(c)))
 				return c;
 		}
 	}
 	for (guint i = 0; i < client->conns->len; i++) {
 		ImapConn *c = client->conns->pdata[i];
 
+		if (avoid_bulk && imap_conn_bulk_load_locked(c))
+			continue;
 		if (!best ||
 		    imap_conn_load_locked(c) < imap_conn_load_locked(best))
 			best = c;
+	}
+	if (!best && client->conns->len >= client->config.max_connections) {
+		/* Every connection has bulk work: the least loaded. */
+		for (guint i = 0; i < client->conns->len; i++) {
+			ImapConn *c = client->conns->pdata[i];
+
+			if (!best || imap_conn_load_locked(c) <
+					     imap_conn_load_locked(best))
+				best = c;
+		}
 	}
 	if ((!best || (imap_conn_load_locked(best) > 0 && mailbox)) &&
 	    client->conns->len < client->config.max_connections) {

@@ -55,6 +55,7 @@ struct _ImapConn {
 	GQueue submitted; /* ImapFlight * */
 	gboolean shutdown;
 	guint load; /* submitted + pending + in flight */
+	guint bulk_load; /* of which bulk (prefetches) */
 	ImapCounters counters; /* this connection's share */
 	char *route_mailbox;
 
@@ -138,10 +139,12 @@ void imap_flight_finish(ImapFlight *f, ImapResult *result, const GError *error)
 	g_free(f);
 }
 
-static void conn_unload(ImapConn *conn)
+static void conn_unload(ImapConn *conn, const ImapFlight *f)
 {
 	g_mutex_lock(&conn->client->lock);
 	conn->load--;
+	if (f->cmd && f->cmd->bulk)
+		conn->bulk_load--;
 	g_mutex_unlock(&conn->client->lock);
 }
 
@@ -150,7 +153,7 @@ static void conn_fail_flight(ImapConn *conn, ImapFlight *f, const GError *error)
 	if (f->result)
 		imap_result_free(g_steal_pointer(&f->result));
 	if (!f->internal)
-		conn_unload(conn);
+		conn_unload(conn, f);
 	imap_flight_finish(f, NULL, error);
 }
 
@@ -1190,7 +1193,7 @@ static void conn_schedule(ImapConn *conn)
 		if (!f->cmd) {
 			/* imap_client_connect(): being here means ready. */
 			g_queue_pop_head(&conn->pending);
-			conn_unload(conn);
+			conn_unload(conn, f);
 			imap_flight_finish(f, result_new(), NULL);
 			continue;
 		}
@@ -1308,7 +1311,7 @@ static void conn_complete(ImapConn *conn, ImapFlight *f, ImapResponse *resp)
 	}
 	result->uidvalidity = conn->selected_uidvalidity;
 	if (!f->internal)
-		conn_unload(conn);
+		conn_unload(conn, f);
 	imap_flight_finish(f, result, NULL);
 }
 
@@ -1860,6 +1863,8 @@ void imap_conn_enqueue_locked(ImapConn *conn, ImapFlight *flight)
 {
 	g_queue_push_tail(&conn->submitted, flight);
 	conn->load++;
+	if (flight->cmd && flight->cmd->bulk)
+		conn->bulk_load++;
 	if (flight->cmd && flight->cmd->mailbox) {
 		g_free(conn->route_mailbox);
 		conn->route_mailbox = g_strdup(flight->cmd->mailbox);
@@ -1878,6 +1883,11 @@ ImapCounters imap_conn_counters_locked(const ImapConn *conn)
 guint imap_conn_load_locked(const ImapConn *conn)
 {
 	return conn->load;
+}
+
+guint imap_conn_bulk_load_locked(const ImapConn *conn)
+{
+	return conn->bulk_load;
 }
 
 const char *imap_conn_route_mailbox_locked(const ImapConn *conn)
@@ -1942,6 +1952,11 @@ void imap_command_set_mailbox(ImapCommand *cmd, const char *mailbox,
 	g_free(cmd->mailbox);
 	cmd->mailbox = g_strdup(mailbox);
 	cmd->uidvalidity = uidvalidity;
+}
+
+void imap_command_set_bulk(ImapCommand *cmd)
+{
+	cmd->bulk = TRUE;
 }
 
 void imap_command_set_idempotent(ImapCommand *cmd, gboolean idempotent)

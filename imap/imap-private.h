@@ -40,6 +40,7 @@ struct _ImapCommand {
 	guint32 uidvalidity;
 	gboolean idempotent;
 	gboolean is_idle;
+	gboolean bulk; /* may wait: never put an interactive one behind it */
 	char *selects; /* SELECT/EXAMINE: the raw name it selects */
 	ImapUidSet *scope; /* UIDs its FETCH responses can be about */
 	char *unselects; /* DELETE/RENAME: must not run with this selected */
@@ -133,6 +134,7 @@ void imap_conn_enqueue_locked(ImapConn *conn, ImapFlight *flight);
 ImapCounters imap_conn_counters_locked(const ImapConn *conn);
 /* Commands queued or in flight (client->lock held). */
 guint imap_conn_load_locked(const ImapConn *conn);
+guint imap_conn_bulk_load_locked(const ImapConn *conn);
 /* The mailbox the connection will have selected once its queue has run
  * (client->lock held); NULL for none. */
 const char *imap_conn_route_mailbox_locked(const ImapConn *conn);

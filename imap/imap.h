@@ -372,6 +372,9 @@ typedef void (*ImapDoneFunc)(ImapResult *result, const GError *error,
 void imap_command_want(ImapCommand *cmd, const char *keyword);
 void imap_command_set_untagged(ImapCommand *cmd, ImapUntaggedFunc func,
 			       gpointer user_data);
+/* Work nobody waits for (prefetching): a command that is not bulk is not
+ * queued behind it on the same connection when another can take it. */
+void imap_command_set_bulk(ImapCommand *cmd);
 /* Literals of FETCH responses routed to this command go to @sink. */
 void imap_command_set_sink(ImapCommand *cmd, const ImapLiteralSink *sink,
 			   gpointer user_data);

@@ -32,6 +32,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -456,8 +457,35 @@ class Bench:
         m = self.mount(dc)
         try:
             src = os.path.join(m.path, f["name"])
+            # While the copy runs: how long does reading one message take,
+            # in another folder and at the far end of this one?
+            probes = []
+            others = [g for g in self.folders if g["name"] != f["name"]]
+            if others:
+                od = os.path.join(m.path, others[0]["name"])
+                probes.append(("other folder", os.path.join(od, sorted(os.listdir(od))[-1])))
+            probes.append(("same folder", os.path.join(src, sorted(os.listdir(src))[-1])))
             c0 = m.counters()
-            secs, rc, _, err = run_timed(["cp", "-a", src, dst], self.args.timeout)
+            box = {}
+            th = threading.Thread(target=lambda: box.update(
+                r=run_timed(["cp", "-a", src, dst], self.args.timeout)))
+            th.start()
+            time.sleep(0.5)
+            for what, path in probes:
+                t0 = time.monotonic()
+                try:
+                    with open(path, "rb") as fh:
+                        fh.read()
+                    ms = (time.monotonic() - t0) * 1000
+                except OSError as e:
+                    ms = None
+                    self.fail("%s run %d: reading %s during cp -a: %s" % (f["name"], run, path, e))
+                self.record(f["name"], run, "cat_during_cp", where=what, ms=ms,
+                            copy_running=th.is_alive())
+                log("  during cp -a: one message in the %s read in %s ms" % (
+                    what, "%.0f" % ms if ms is not None else "-"))
+            th.join()
+            secs, rc, _, err = box["r"]
             c1 = m.counters()
             rss = m.peak_rss()
             rec = self.record(f["name"], run, "cp", seconds=secs, rc=rc,
@@ -697,6 +725,16 @@ class Bench:
                 ("%.2fx raw; %.2f s" % (cw / raw, med("cp_warm", "seconds")))
                 if cw and raw else "", counters_cell(self, name, "cp_warm"),
                 key="cp_warm.mbps")
+            for where in ("other folder", "same folder"):
+                v = [r["ms"] for r in self.records if r["folder"] == name and
+                     r["what"] == "cat_during_cp" and r["where"] == where and
+                     r["ms"] is not None]
+                if v:
+                    ms = statistics.median(v)
+                    row(name, "read one message (%s) during cp -a" % where, ms, "ms",
+                        "uncached; the copy still running", "",
+                        aim_cell(ms, lambda x: x <= 50, "<= 50 ms")
+                        if where == "other folder" else "", key="cat_during_cp.%s" % where)
             rss = med("cp", "peak_rss")
             row(name, "daemon peak RSS after cp -a", rss / MB if rss else None, "MB",
                 "VmHWM", key="cp.peak_rss")
