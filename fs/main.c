@@ -38,6 +38,7 @@ typedef struct {
 	unsigned keepalive;
 	unsigned max_connections;
 	char *poll;
+	char *compress;
 	char *delete;
 	int offline;
 	int check;
@@ -75,6 +76,7 @@ static const struct fuse_opt option_spec[] = {
 	OPT("max_connections=%u", max_connections),
 	OPT("cache_dir=%s", cache_dir),
 	OPT("poll=%s", poll),
+	OPT("compress=%s", compress),
 	OPT("offline", offline),
 	OPT("delete=%s", delete),
 	OPT("cache=%s", cache),
@@ -150,6 +152,8 @@ static void usage(const char *prog)
 	       "    -o keepalive=S           check a silent IDLE connection "
 	       "every S seconds (60)\n"
 	       "    -o max_connections=N     connections to the server (3)\n"
+	       "    -o compress=yes|no       COMPRESS=DEFLATE when the server "
+	       "offers it (no)\n"
 	       "    -o cache_dir=DIR         default "
 	       "$XDG_CACHE_HOME/imapfs/ACCOUNT\n"
 	       "    -o cache=none|headers|full   how much to keep on disk "
@@ -273,6 +277,7 @@ static gboolean apply_config(RawOptions *raw, GError **error)
 	FROM_CONFIG(cache_dir, "cache_dir");
 	FROM_CONFIG(cache, "cache");
 	FROM_CONFIG(cache_size, "cache_size");
+	FROM_CONFIG(compress, "compress");
 #undef FROM_CONFIG
 	if (!raw->port)
 		raw->port = (unsigned)g_key_file_get_integer(kf, section,
@@ -459,6 +464,13 @@ static gboolean options_from_raw(RawOptions *raw, FsOptions *opts,
 	cfg->timeout_ms = raw->timeout * 1000;
 	cfg->keepalive_ms = raw->keepalive * 1000;
 	cfg->max_connections = raw->max_connections;
+	if (raw->compress && g_str_equal(raw->compress, "yes")) {
+		cfg->compress = TRUE;
+	} else if (raw->compress && !g_str_equal(raw->compress, "no")) {
+		g_set_error(error, G_OPTION_ERROR, G_OPTION_ERROR_BAD_VALUE,
+			    "compress: yes or no, not %s", raw->compress);
+		return FALSE;
+	}
 	if (raw->cache_dir) {
 		opts->cache_dir = g_canonicalize_filename(raw->cache_dir, NULL);
 	} else {
@@ -483,6 +495,7 @@ static void raw_clear(RawOptions *raw)
 	g_free(raw->cache);
 	g_free(raw->cache_size);
 	g_free(raw->poll);
+	g_free(raw->compress);
 	g_free(raw->delete);
 	if (raw->password)
 		explicit_bzero(raw->password, strlen(raw->password));

@@ -437,6 +437,16 @@ static gboolean conn_sync_write(ImapConn *conn, const void *data, gsize len,
 				    "the server closed the connection");
 		return FALSE;
 	}
+	while (imap_stream_wants_flush(conn->stream)) {
+		ImapIoResult r = imap_stream_flush(conn->stream, error);
+
+		if (r == IMAP_IO_ERROR)
+			return FALSE;
+		if (r == IMAP_IO_WOULD_BLOCK &&
+		    !conn_wait(conn, imap_stream_poll_events(conn->stream),
+			       deadline, error))
+			return FALSE;
+	}
 	count(conn, 0, 0, 0, len);
 	return TRUE;
 }
@@ -904,6 +914,32 @@ static gboolean conn_authenticate(ImapConn *conn, gint64 deadline,
 	return TRUE;
 }
 
+/* COMPRESS=DEFLATE (RFC 4978) when asked for and offered. A NO is no
+ * error: the connection goes on uncompressed. */
+static gboolean conn_compress(ImapConn *conn, gint64 deadline, GError **error)
+{
+	g_autoptr(ImapCommand) cmd = NULL;
+	g_autoptr(ImapResponse) resp = NULL;
+
+	if (!conn->client->config.compress ||
+	    !has_cap(conn, "COMPRESS=DEFLATE"))
+		return TRUE;
+	cmd = imap_command_new("COMPRESS DEFLATE");
+	resp = conn_sync_command_full(conn, cmd, NULL, NULL, deadline, error);
+	if (!resp)
+		return FALSE;
+	if (resp->status != IMAP_STATUS_OK)
+		return TRUE;
+	/* The server compresses from the byte after its OK: nothing may be
+	 * left over in what was read (it sends nothing unasked). */
+	if (conn->rpos < conn->rbuf->len) {
+		g_set_error(error, IMAP_ERROR, IMAP_ERROR_PROTOCOL,
+			    "data after the answer to COMPRESS");
+		return FALSE;
+	}
+	return imap_stream_start_deflate(conn->stream, error);
+}
+
 static gboolean conn_enable(ImapConn *conn, gint64 deadline, GError **error)
 {
 	g_autoptr(ImapCommand) cmd = NULL;
@@ -1002,7 +1038,8 @@ static gboolean conn_setup(ImapConn *conn, GError **error)
 		return FALSE;
 	if (!preauth && !conn_authenticate(conn, deadline, error))
 		return FALSE;
-	if (!conn_enable(conn, deadline, error))
+	if (!conn_enable(conn, deadline, error) ||
+	    !conn_compress(conn, deadline, error))
 		return FALSE;
 
 	g_mutex_lock(&conn->client->lock);
@@ -1545,7 +1582,8 @@ static gboolean conn_flush(ImapConn *conn, GError **error)
 			conn_eof_error(conn, error);
 		return FALSE;
 	}
-	return TRUE;
+	/* Compressed bytes the socket did not take yet. */
+	return imap_stream_flush(conn->stream, error) != IMAP_IO_ERROR;
 }
 
 static gboolean conn_read_dispatch(ImapConn *conn, GError **error)
@@ -1787,7 +1825,8 @@ static gpointer conn_thread(gpointer data)
 			pfd[1].fd = imap_stream_fd(conn->stream);
 			pfd[1].events =
 				imap_stream_poll_events(conn->stream) | POLLIN;
-			if (conn->wpos < conn->wbuf->len)
+			if (conn->wpos < conn->wbuf->len ||
+			    imap_stream_wants_flush(conn->stream))
 				pfd[1].events |= POLLOUT;
 		}
 		timeout = conn->stream ? conn_poll_timeout(conn) : -1;

@@ -332,6 +332,7 @@ typedef struct {
 	guint keepalive_ms; /* an IDLE silent this long is ended; default 60 s */
 	guint max_connections; /* default 3 */
 	gboolean no_enable; /* don't ENABLE QRESYNC/CONDSTORE */
+	gboolean compress; /* COMPRESS=DEFLATE when the server offers it */
 } ImapConfig;
 
 void imap_config_clear(ImapConfig *config);

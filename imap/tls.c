@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * The byte stream under an IMAP connection: TCP, optionally wrapped in TLS.
- * Everything that touches OpenSSL or a socket lives here.
+ * The byte stream under an IMAP connection: TCP, optionally wrapped in TLS,
+ * optionally compressed (COMPRESS=DEFLATE, RFC 4978, inside the TLS).
+ * Everything that touches OpenSSL, zlib or a socket lives here.
  *
  * The socket is non-blocking; connect and the TLS handshake wait with
  * poll() under a deadline, so nothing here blocks forever.
@@ -22,6 +23,12 @@
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
+#include <zlib.h>
+
+/* Compressed bytes read or written at a time. */
+#define ZBUF (64 * 1024)
+/* Plain bytes compressed at a time: their output always fits in ZBUF. */
+#define ZCHUNK (16 * 1024)
 
 struct _ImapStream {
 	int fd;
@@ -29,6 +36,14 @@ struct _ImapStream {
 	SSL *ssl;
 	short want; /* poll events the last would-block asked for */
 	char *peer; /* "host:port" for messages */
+	/* COMPRESS=DEFLATE, once started */
+	gboolean deflate;
+	z_stream zin, zout;
+	guint8 *in; /* compressed bytes read, not yet inflated */
+	gsize in_pos, in_len;
+	gboolean out_full; /* the last inflate filled the caller's buffer */
+	guint8 *out; /* compressed bytes not yet written */
+	gsize out_pos, out_len;
 };
 
 static gint64 deadline_after(guint timeout_ms)
@@ -160,6 +175,12 @@ void imap_stream_free(ImapStream *s)
 		SSL_CTX_free(s->ctx);
 	if (s->fd >= 0)
 		close(s->fd);
+	if (s->deflate) {
+		inflateEnd(&s->zin);
+		deflateEnd(&s->zout);
+	}
+	g_free(s->in);
+	g_free(s->out);
 	g_free(s->peer);
 	g_free(s);
 }
@@ -176,7 +197,8 @@ gboolean imap_stream_is_tls(const ImapStream *s)
 
 short imap_stream_poll_events(const ImapStream *s)
 {
-	return s->want ? s->want : POLLIN;
+	return (s->want ? s->want : POLLIN) |
+	       (s->out_pos < s->out_len ? POLLOUT : 0);
 }
 
 static char *ssl_error_string(void)
@@ -343,8 +365,8 @@ static ImapIoResult ssl_result(ImapStream *s, int rc, gsize *n_out,
 	}
 }
 
-ImapIoResult imap_stream_read(ImapStream *s, void *buf, gsize len, gsize *n_out,
-			      GError **error)
+static ImapIoResult raw_read(ImapStream *s, void *buf, gsize len, gsize *n_out,
+			     GError **error)
 {
 	*n_out = 0;
 	if (s->ssl) {
@@ -375,8 +397,8 @@ ImapIoResult imap_stream_read(ImapStream *s, void *buf, gsize len, gsize *n_out,
 	}
 }
 
-ImapIoResult imap_stream_write(ImapStream *s, const void *buf, gsize len,
-			       gsize *n_out, GError **error)
+static ImapIoResult raw_write(ImapStream *s, const void *buf, gsize len,
+			      gsize *n_out, GError **error)
 {
 	*n_out = 0;
 	if (s->ssl) {
@@ -405,8 +427,127 @@ ImapIoResult imap_stream_write(ImapStream *s, const void *buf, gsize len,
 	}
 }
 
+/* ---- COMPRESS=DEFLATE ---- */
+
+gboolean imap_stream_start_deflate(ImapStream *s, GError **error)
+{
+	g_return_val_if_fail(!s->deflate, FALSE);
+	/* Raw deflate (no zlib header), as RFC 4978 says. */
+	if (inflateInit2(&s->zin, -15) != Z_OK) {
+		g_set_error(error, IMAP_ERROR, IMAP_ERROR_INVALID,
+			    "cannot start decompressing");
+		return FALSE;
+	}
+	if (deflateInit2(&s->zout, Z_DEFAULT_COMPRESSION, Z_DEFLATED, -15, 8,
+			 Z_DEFAULT_STRATEGY) != Z_OK) {
+		inflateEnd(&s->zin);
+		g_set_error(error, IMAP_ERROR, IMAP_ERROR_INVALID,
+			    "cannot start compressing");
+		return FALSE;
+	}
+	s->in = g_malloc(ZBUF);
+	s->out = g_malloc(ZBUF);
+	s->deflate = TRUE;
+	return TRUE;
+}
+
+gboolean imap_stream_is_deflate(const ImapStream *s)
+{
+	return s->deflate;
+}
+
+ImapIoResult imap_stream_read(ImapStream *s, void *buf, gsize len, gsize *n_out,
+			      GError **error)
+{
+	if (!s->deflate)
+		return raw_read(s, buf, len, n_out, error);
+	*n_out = 0;
+	for (;;) {
+		ImapIoResult r;
+		int rc;
+
+		s->zin.next_in = s->in + s->in_pos;
+		s->zin.avail_in = (uInt)(s->in_len - s->in_pos);
+		s->zin.next_out = buf;
+		s->zin.avail_out = (uInt)MIN(len, G_MAXUINT32);
+		rc = inflate(&s->zin, Z_SYNC_FLUSH);
+		s->in_pos = s->in_len - s->zin.avail_in;
+		*n_out = MIN(len, G_MAXUINT32) - s->zin.avail_out;
+		s->out_full = s->zin.avail_out == 0;
+		if (rc == Z_STREAM_END || (rc != Z_OK && rc != Z_BUF_ERROR)) {
+			g_set_error(error, IMAP_ERROR, IMAP_ERROR_DISCONNECTED,
+				    "%s: bad compressed data (%s)", s->peer,
+				    rc == Z_STREAM_END ? "the stream ended"
+				    : s->zin.msg       ? s->zin.msg
+						       : "inflate failed");
+			return IMAP_IO_ERROR;
+		}
+		if (*n_out > 0)
+			return IMAP_IO_OK;
+		/* All input used, nothing out yet: more from the wire. */
+		s->in_pos = s->in_len = 0;
+		r = raw_read(s, s->in, ZBUF, &s->in_len, error);
+		if (r != IMAP_IO_OK)
+			return r;
+	}
+}
+
+/* Write what was compressed and not yet written. */
+ImapIoResult imap_stream_flush(ImapStream *s, GError **error)
+{
+	while (s->out_pos < s->out_len) {
+		gsize n = 0;
+		ImapIoResult r = raw_write(s, s->out + s->out_pos,
+					   s->out_len - s->out_pos, &n, error);
+
+		if (r != IMAP_IO_OK)
+			return r;
+		s->out_pos += n;
+	}
+	s->out_pos = s->out_len = 0;
+	return IMAP_IO_OK;
+}
+
+gboolean imap_stream_wants_flush(const ImapStream *s)
+{
+	return s->out_pos < s->out_len;
+}
+
+/* Compressed, @n_out counts the plain bytes taken; what could not be
+ * written yet waits for imap_stream_flush() (poll for POLLOUT). */
+ImapIoResult imap_stream_write(ImapStream *s, const void *buf, gsize len,
+			       gsize *n_out, GError **error)
+{
+	ImapIoResult r;
+	gsize chunk = MIN(len, ZCHUNK);
+
+	if (!s->deflate)
+		return raw_write(s, buf, len, n_out, error);
+	*n_out = 0;
+	r = imap_stream_flush(s, error);
+	if (r != IMAP_IO_OK)
+		return r;
+	s->zout.next_in = (Bytef *)buf;
+	s->zout.avail_in = (uInt)chunk;
+	s->zout.next_out = s->out;
+	s->zout.avail_out = ZBUF;
+	/* Sync flush: the server must be able to act on every command
+	 * without waiting for more. */
+	if (deflate(&s->zout, Z_SYNC_FLUSH) != Z_OK || s->zout.avail_in) {
+		g_set_error(error, IMAP_ERROR, IMAP_ERROR_DISCONNECTED,
+			    "%s: compressing failed", s->peer);
+		return IMAP_IO_ERROR;
+	}
+	s->out_len = ZBUF - s->zout.avail_out;
+	*n_out = chunk;
+	r = imap_stream_flush(s, error);
+	return r == IMAP_IO_ERROR ? r : IMAP_IO_OK;
+}
+
 gboolean imap_stream_has_buffered(const ImapStream *s)
 {
+	if (s->deflate && (s->in_pos < s->in_len || s->out_full))
+		return TRUE;
 	return s->ssl && SSL_has_pending(s->ssl);
 }
 

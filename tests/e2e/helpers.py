@@ -39,6 +39,9 @@ MANIFEST = ENV.get("IMAPFS_TEST_MANIFEST")
 # and the log of every mount during which a check failed is printed.
 DEBUG = ENV.get("IMAPFS_E2E_DEBUG") == "1"
 LOG_LINES = int(ENV.get("IMAPFS_E2E_LOG_LINES") or 200)  # how much of such a log
+# IMAPFS_E2E_OPTIONS=compress=yes: -o options every mount gets (a test's own
+# options come after them and win).
+EXTRA_OPTIONS = [o for o in (ENV.get("IMAPFS_E2E_OPTIONS") or "").split(",") if o]
 
 NAME_MAX = 255
 MOUNT_TIMEOUT = 30.0     # the imapfs command must return within this
@@ -580,7 +583,7 @@ class Mount:
         if base_options:
             opts += ["port=%d" % PORT_IMAPS, "cafile=%s" % CAFILE,
                      "password_file=%s" % PASSWORD_FILE]
-        opts += ["cache_dir=%s" % self.cache] + list(options)
+        opts += ["cache_dir=%s" % self.cache] + EXTRA_OPTIONS + list(options)
         if ro:
             opts.append("ro")
         self.args = [exe] + (["-f"] + (["-d"] if DEBUG else []) if foreground else [])

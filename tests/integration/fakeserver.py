@@ -31,6 +31,7 @@ import re
 import socket
 import threading
 import time
+import zlib
 
 DEFAULT_CAPS = "IMAP4rev1 AUTH=PLAIN SASL-IR UIDPLUS MOVE"
 
@@ -55,6 +56,8 @@ CLOSE = _Marker("CLOSE")
 HANG = _Marker("HANG")
 DEFAULT = _Marker("DEFAULT")
 DEFAULT_DATA = _Marker("DEFAULT_DATA")
+# From here on the session speaks raw deflate both ways (RFC 4978).
+DEFLATE = _Marker("DEFLATE")
 
 
 def ok(*data, code=b""):
@@ -314,14 +317,34 @@ class Session:
         self.server, self.sock, self.number = server, sock, number
         self.buf = b""
         self.selected = None
+        self.z_out = self.z_in = None
         sock.settimeout(60)
 
     # -- I/O
     def send(self, data):
+        if self.z_out:
+            data = self.z_out.compress(data) + self.z_out.flush(zlib.Z_SYNC_FLUSH)
         try:
             self.sock.sendall(data)
         except OSError:
             raise _Closed()
+
+    def raw_garbage(self):
+        """Bytes that are no deflate stream, past the compressor."""
+        try:
+            self.sock.sendall(bytes(range(256)) * 4)
+        except OSError:
+            raise _Closed()
+        return []
+
+    def end_deflate(self):
+        """Finish the compressed stream (a final block) and go on writing."""
+        try:
+            self.sock.sendall(self.z_out.flush(zlib.Z_FINISH))
+        except OSError:
+            raise _Closed()
+        self.z_out = zlib.compressobj(wbits=-15)
+        return []
 
     def recv_more(self):
         try:
@@ -332,6 +355,11 @@ class Session:
             raise _Closed()
         if not data:
             raise _Closed()
+        if self.z_in:
+            try:
+                data = self.z_in.decompress(data)
+            except zlib.error:
+                raise _Closed()
         self.buf += data
 
     def read_line(self):
@@ -376,6 +404,9 @@ class Session:
                 time.sleep(a.seconds)
             elif a is CLOSE:
                 raise _Closed()
+            elif a is DEFLATE:
+                self.z_out = zlib.compressobj(wbits=-15)
+                self.z_in = zlib.decompressobj(wbits=-15)
             elif a is HANG:
                 self.hang()
                 raise _Closed()

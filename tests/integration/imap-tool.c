@@ -656,6 +656,8 @@ int main(int argc, char **argv)
 			g_free(timeout), timeout = g_strdup(v);
 		else if (g_str_equal(k, "connections"))
 			cfg.max_connections = (guint)atoi(v);
+		else if (g_str_equal(k, "compress"))
+			cfg.compress = g_str_equal(v, "yes");
 		else
 			g_error("unknown option %s", argv[i]);
 	}

@@ -47,8 +47,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import fakeserver as fs  # noqa: E402
-from fakeserver import (CLOSE, DEFAULT, DEFAULT_DATA, HANG, Folder, Msg,  # noqa: E402
-                        Pause, Script, fetch_items, in_set, parse_set)
+from fakeserver import (CLOSE, DEFAULT, DEFAULT_DATA, DEFLATE, HANG, Folder,  # noqa: E402
+                        Msg, Pause, Script, fetch_items, in_set, parse_set)
 
 TOOL_TIMEOUT_MS = 2000      # imap-tool --timeout
 MOUNT_TIMEOUT_S = 2         # imapfs -o timeout=
@@ -194,8 +194,10 @@ class Case:
     server) and check_mount(walk, server, case) -> [problems]."""
 
     def __init__(self, name, about, script, tool=None, mount="any", accept=None,
-                 must_read=(), check_tool=None, check_mount=None, any_content=False):
+                 must_read=(), check_tool=None, check_mount=None, any_content=False,
+                 compress=False):
         self.name, self.about, self.script = name, about, script
+        self.compress = compress  # ask for COMPRESS=DEFLATE (tool and mount)
         self.tool = tool if tool is not None else [(o, ANY) for o in STD_OPS]
         self.mount = mount
         self._accept = accept
@@ -386,6 +388,44 @@ case("select-no",
      "every SELECT fails with a tagged NO (the well-behaved way to refuse)",
      lambda: Script(on={"SELECT": [b"@TAG@ NO [NONEXISTENT] no such mailbox\r\n"]}),
      tool=[("connect", OK), ("meta INBOX", ERR + "!"), ("body INBOX 1", ERR + "!")], mount="ok")
+
+# -- COMPRESS=DEFLATE (asked for with compress=yes)
+
+Z_CAPS = fs.DEFAULT_CAPS + " COMPRESS=DEFLATE"
+Z_OK = b"@TAG@ OK begin compression\r\n"
+
+case("compress-works",
+     "COMPRESS=DEFLATE offered and done right: everything goes through raw deflate both ways",
+     lambda: Script(caps=Z_CAPS, on={"COMPRESS": [Z_OK, DEFLATE]}),
+     tool=[(o, OK) for o in STD_OPS], mount="ok", must_read=(1, 2), compress=True)
+
+case("compress-refused",
+     "COMPRESS answered with NO: the connection goes on uncompressed",
+     lambda: Script(caps=Z_CAPS, on={"COMPRESS": [b"@TAG@ NO not now\r\n"]}),
+     tool=[(o, OK) for o in STD_OPS], mount="ok", must_read=(1, 2), compress=True)
+
+case("compress-not-done",
+     "COMPRESS answered with OK, but the server goes on in plain text",
+     lambda: Script(caps=Z_CAPS, on={"COMPRESS": [Z_OK]}),
+     tool=[("connect", ANY), ("list", ERR), ("body INBOX 1", ERR)], mount="any",
+     compress=True)
+
+case("compress-data-after-ok",
+     "bytes right after the OK to COMPRESS, before the client said anything compressed",
+     lambda: Script(caps=Z_CAPS, on={"COMPRESS": [Z_OK + b"\x78\x9c\x03\x00", DEFLATE]}),
+     tool=[("connect", ERR + "!"), ("list", ERR)], mount="fail", compress=True)
+
+case("compress-garbage",
+     "after COMPRESS, the answer to LIST is random bytes, not deflate",
+     lambda: Script(caps=Z_CAPS, on={"COMPRESS": [Z_OK, DEFLATE],
+                                     "LIST": [lambda ctx: ctx.session.raw_garbage()]}),
+     tool=[("connect", OK), ("list", ERR), ("body INBOX 1", ANY)], mount="any", compress=True)
+
+case("compress-stream-ends",
+     "after COMPRESS, the server ends its deflate stream (Z_FINISH) after a LIST",
+     lambda: Script(caps=Z_CAPS, on={"COMPRESS": [Z_OK, DEFLATE],
+                                     "LIST": [DEFAULT, lambda ctx: ctx.session.end_deflate()]}),
+     tool=[("connect", OK), ("list", ANY), ("meta INBOX", ANY)], mount="any", compress=True)
 
 case("select-bye",
      "every SELECT is answered with '* BYE' and a close",
@@ -1164,6 +1204,8 @@ def run_tool(env, case, script, rundir, res):
     os.makedirs(outdir, exist_ok=True)
     args = [env.tool, "--host", "127.0.0.1", "--port", str(server.port), "--tls", "none",
             "--user", "alice", "--password-file", env.pw, "--timeout", str(TOOL_TIMEOUT_MS)]
+    if case.compress:
+        args += ["--compress", "yes"]
     bodies = {}
     for i, (op, _) in enumerate(case.tool):
         words = op.split(" ")
@@ -1382,8 +1424,9 @@ def run_mount(env, case, script, rundir, res):
     os.makedirs(mnt, exist_ok=True)
     logpath = os.path.join(rundir, "daemon.log")
     cenv = child_env(rundir, env.args.get("leaks"))
-    args = [env.imapfs, "-f", "-o", "port=%d,tls=none,password_file=%s,cache_dir=%s,timeout=%d"
-            % (server.port, env.pw, cache, MOUNT_TIMEOUT_S), "alice@127.0.0.1", mnt]
+    args = [env.imapfs, "-f", "-o", "port=%d,tls=none,password_file=%s,cache_dir=%s,timeout=%d%s"
+            % (server.port, env.pw, cache, MOUNT_TIMEOUT_S,
+               ",compress=yes" if case.compress else ""), "alice@127.0.0.1", mnt]
     crash, hang, names, reads, other = [], [], [], [], []
     killed = False
     t0 = time.monotonic()
