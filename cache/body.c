@@ -1026,6 +1026,16 @@ static gboolean body_open_file(CacheBody *b)
 	return TRUE;
 }
 
+int cache_body_file_fd(CacheBody *b)
+{
+	if (!body_open_file(b))
+		return -1;
+	g_mutex_lock(&b->c->lock);
+	b->c->counters.body_hits++;
+	g_mutex_unlock(&b->c->lock);
+	return b->fd;
+}
+
 gssize cache_body_read(CacheBody *b, char *buf, gsize size, goffset offset,
 		       GError **error)
 {

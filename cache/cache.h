@@ -135,6 +135,9 @@ gssize cache_body_read(CacheBody *body, char *buf, gsize size, goffset offset,
 		       GError **error);
 /* The message's current size (exact once the body is known). */
 guint64 cache_body_size(CacheBody *body);
+/* The descriptor of the complete body file, when there is one (a read can
+ * then be spliced from it); -1 otherwise: use cache_body_read(). */
+int cache_body_file_fd(CacheBody *body);
 
 /* Called (on any thread, with no cache lock held) when a sync found that
  * messages of a folder disappeared (@removed: their names) or arrived, so

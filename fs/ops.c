@@ -567,6 +567,21 @@ static void fs_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 	}
 	if (!h->body)
 		return (void)fuse_reply_err(req, EIO);
+	if (cache_body_size(h->body) == h->size_shown) {
+		/* A complete body file: the kernel moves its pages to the
+		 * reply (splice), nothing is copied through us. */
+		int fd = cache_body_file_fd(h->body);
+
+		if (fd >= 0) {
+			struct fuse_bufvec bv = FUSE_BUFVEC_INIT(size);
+
+			bv.buf[0].flags = FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK;
+			bv.buf[0].fd = fd;
+			bv.buf[0].pos = off;
+			fuse_reply_data(req, &bv, FUSE_BUF_SPLICE_MOVE);
+			return;
+		}
+	}
 	n = cache_body_read(h->body, buf, size, off, &error);
 	if (n < 0)
 		return reply_error(req, error);
@@ -1259,6 +1274,11 @@ static void fs_init(void *userdata, struct fuse_conn_info *conn)
 	 * found to differ from its announced size). */
 	if (conn->capable & FUSE_CAP_AUTO_INVAL_DATA)
 		conn->want |= FUSE_CAP_AUTO_INVAL_DATA;
+	/* Replies to reads of cached bodies are spliced from their files. */
+	if (conn->capable & FUSE_CAP_SPLICE_WRITE)
+		conn->want |= FUSE_CAP_SPLICE_WRITE;
+	if (conn->capable & FUSE_CAP_SPLICE_MOVE)
+		conn->want |= FUSE_CAP_SPLICE_MOVE;
 	conn->max_background = 64;
 }
 
