@@ -41,10 +41,13 @@ sys.path.insert(0, os.path.join(ROOT, "tests", "fixture"))
 sys.path.insert(0, HERE)
 import benchcorpus  # noqa: E402
 import dovecot as fixture  # noqa: E402
+from proxy import Proxy  # noqa: E402
 
 COUNTERS_XATTR = "user.imapfs.counters"
 MB = 1e6  # every MB and MB/s in this benchmark is 10^6 bytes
 MOUNT_TIMEOUT = 60
+SLOW_DELAY = 0.010        # one way: a 20 ms round trip
+SLOW_RATE = 12_500_000    # bytes/s each way: 100 Mbit/s
 
 _T0 = time.monotonic()
 
@@ -179,7 +182,7 @@ class Mount:
 
     _seq = 0
 
-    def __init__(self, exe, dc, workdir, extra_opts=()):
+    def __init__(self, exe, dc, workdir, extra_opts=(), port=None):
         Mount._seq += 1
         self.exe = exe
         base = os.path.join(workdir, "mount-%03d" % Mount._seq)
@@ -188,7 +191,7 @@ class Mount:
         self.base = base
         os.makedirs(self.path)
         os.makedirs(self.cache)
-        opts = ["port=%d" % dc.port_imaps, "cafile=%s" % dc.cafile,
+        opts = ["port=%d" % (port or dc.port_imaps), "cafile=%s" % dc.cafile,
                 "password_file=%s" % dc.password_file, "cache_dir=%s" % self.cache]
         opts += list(extra_opts)
         self.args = [exe, "-o", ",".join(opts), "%s@%s" % (dc.user, dc.host), self.path]
@@ -421,8 +424,8 @@ class Bench:
         log("FAILED: " + msg)
         self.failures.append(msg)
 
-    def mount(self, dc):
-        m = Mount(self.args.imapfs, dc, self.workdir)
+    def mount(self, dc, extra_opts=(), port=None):
+        m = Mount(self.args.imapfs, dc, self.workdir, extra_opts, port)
         self.mounts.append(m)
         m.start()
         return m
@@ -532,7 +535,8 @@ class Bench:
             s2, rc2, _, err2 = run_timed(["ls", "-l", d], self.args.timeout)
             c2 = m.counters()
             r1 = self.record(f["name"], run, "ls_cold", seconds=s1, rc=rc1,
-                             counters=delta(c0, c1), mount_seconds=m.mount_seconds)
+                             counters=delta(c0, c1), mount_seconds=m.mount_seconds,
+                             peak_rss=m.peak_rss())
             r2 = self.record(f["name"], run, "ls_warm", seconds=s2, rc=rc2,
                              counters=delta(c1, c2))
             for rc, err, which in ((rc1, err1, "first"), (rc2, err2, "second")):
@@ -561,6 +565,61 @@ class Bench:
             log("  ls -l of a local directory of %d files: %.3f s" % (f["n"], s3))
         finally:
             shutil.rmtree(local, ignore_errors=True)
+
+    def m_rss(self, dc, f, run):
+        """Peak RSS after reading the folder once and after ten times, with
+        cache=none so that every pass goes through the daemon again."""
+        m = self.mount(dc, ["cache=none"])
+        try:
+            d = os.path.join(m.path, f["name"])
+            names = sorted(os.listdir(d))
+            peaks = []
+            t0 = time.monotonic()
+            for k in range(10):
+                for n in names:
+                    with open(os.path.join(d, n), "rb") as fh:
+                        while fh.read(1 << 20):
+                            pass
+                peaks.append(m.peak_rss())
+            self.record(f["name"], run, "rss_passes", rss_1x=peaks[0], rss_10x=peaks[-1],
+                        seconds=time.monotonic() - t0)
+            log("  peak RSS reading the folder (cache=none): %.0f MB after 1 pass, %.0f MB "
+                "after 10" % (peaks[0] / MB, peaks[-1] / MB))
+        finally:
+            self.unmount(m)
+
+    def m_slow(self, dc, f, run, compress):
+        """Through the loopback proxy as a slow link (20 ms round trip,
+        100 Mbit/s): the first ls -l of the small-message folder, a cold
+        cp -a of the big one. Wire bytes are what crossed the proxy."""
+        z = "compress=yes" if compress else "compress=no"
+        with Proxy("127.0.0.1", dc.port_imaps) as px:
+            px.delay, px.rate = SLOW_DELAY, SLOW_RATE
+            m = self.mount(dc, [z], port=px.port)
+            try:
+                src = os.path.join(m.path, f["name"])
+                w0, c0 = px.server_bytes, m.counters()
+                if f["kind"] == "small":
+                    what, argv = "slow_ls", ["ls", "-l", src]
+                else:
+                    dst = os.path.join(self.workdir, "slow-%s-%d" % (f["name"], run))
+                    what, argv = "slow_cp", ["cp", "-a", src, dst]
+                secs, rc, _, err = run_timed(argv, self.args.timeout)
+                wire = px.server_bytes - w0
+                rec = self.record(f["name"], run, what + ("_z" if compress else ""),
+                                  seconds=secs, rc=rc, wire_bytes=wire,
+                                  counters=delta(c0, m.counters()),
+                                  mbps=f["bytes"] / MB / secs)
+                if rc != 0:
+                    self.fail("%s run %d: %s (%s) exited %s: %s" % (f["name"], run, what,
+                                                                    z, rc, err))
+                log("  slow link, %s: %s %.2f s, %.1f MB over the wire, %s" % (
+                    z, what, secs, wire / MB, short_counters(rec["counters"])))
+            finally:
+                self.unmount(m)
+                if f["kind"] != "small":
+                    shutil.rmtree(os.path.join(self.workdir, "slow-%s-%d" % (f["name"], run)),
+                                  ignore_errors=True)
 
     def _grep(self, path, f, run, what, m=None):
         c0 = m.counters() if m else None
@@ -670,6 +729,11 @@ class Bench:
                         self.step(self.m_cp, dc, f, run)
                         self.step(self.m_ls, dc, f, run)
                         self.step(self.m_grep, dc, f, run)
+                        if f["kind"] == "large":
+                            self.step(self.m_rss, dc, f, run)
+                        if not a.no_slow:
+                            for z in (False, True):
+                                self.step(self.m_slow, dc, f, run, z)
                         if mb_exe:
                             self.step(self.m_mbsync, dc, f, run, mb_exe, mb_version)
                 self.cleanup()
@@ -738,6 +802,41 @@ class Bench:
             rss = med("cp", "peak_rss")
             row(name, "daemon peak RSS after cp -a", rss / MB if rss else None, "MB",
                 "VmHWM", key="cp.peak_rss")
+            for z, label in (("", "no compression"), ("_z", "COMPRESS=DEFLATE")):
+                if f["kind"] == "small":
+                    sl = med("slow_ls" + z, "seconds")
+                    wire = med("slow_ls" + z, "wire_bytes")
+                    if sl:
+                        waiting = (sl - wire / SLOW_RATE) / (2 * SLOW_DELAY)
+                        row(name, "slow link: ls -l, first (%s)" % label, sl, "s",
+                            "%.1f MB over the wire; %.0f round trips' worth beyond the "
+                            "transfer" % (wire / MB, waiting),
+                            counters_cell(self, name, "slow_ls" + z),
+                            aim_cell(waiting, lambda x: x <= 3, "<= 3 round trips + transfer"),
+                            key="slow_ls%s.seconds" % z)
+                else:
+                    sc = med("slow_cp" + z, "mbps")
+                    wire = med("slow_cp" + z, "wire_bytes")
+                    if sc:
+                        ratio = sc / (SLOW_RATE / MB)
+                        row(name, "slow link: cp -a, cold (%s)" % label, sc, "MB/s",
+                            "%.2fx the link rate; %.1f MB over the wire" % (ratio, wire / MB),
+                            counters_cell(self, name, "slow_cp" + z),
+                            aim_cell(ratio, lambda x: x >= 0.8, ">= 0.8x link"),
+                            key="slow_cp%s.mbps" % z)
+            r1, r10 = med("rss_passes", "rss_1x"), med("rss_passes", "rss_10x")
+            if r1 and r10:
+                row(name, "daemon peak RSS, folder read 10x (cache=none)", r10 / MB, "MB",
+                    "%.0f MB after one pass" % (r1 / MB), "",
+                    aim_cell(r10 / r1, lambda x: x <= 1.1, "no growth (<= 1.1x)"),
+                    key="rss_passes.rss_10x")
+            lr = med("ls_cold", "peak_rss")
+            if lr:
+                limit = 32 + 0.3 * f["n"] / 1000  # MB
+                row(name, "daemon peak RSS after the first ls -l", lr / MB, "MB",
+                    "%d messages" % f["n"], "",
+                    aim_cell(lr / MB, lambda x: x <= limit, "<= %.0f MB" % limit),
+                    key="ls_cold.peak_rss")
             lc = med("ls_cold", "seconds")
             aim = ""
             if f["kind"] == "small" and f["n"] >= 50000:
@@ -894,6 +993,8 @@ def main(argv=None):
         os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "imapfs-bench"),
         help="where generated messages are kept between runs (default "
         "~/.cache/imapfs-bench; '' to not cache)")
+    ap.add_argument("--no-slow", action="store_true",
+                    help="skip the slow-link measurements (20 ms, 100 Mbit/s proxy)")
     ap.add_argument("--timeout", type=float, default=1800,
                     help="seconds before one command is killed (default 1800)")
     ap.add_argument("--report", metavar="JSON", default=None,
