@@ -211,6 +211,8 @@ sqlite3_stmt *cache_stmt_locked(Cache *c, CacheStmt which, const char *sql)
 
 void cache_stmt_done(sqlite3_stmt *st)
 {
+	if (!st) /* the prepare failed; so did the step */
+		return;
 	sqlite3_reset(st);
 	sqlite3_clear_bindings(st);
 }

@@ -87,7 +87,6 @@ ImapIoResult imap_stream_write(ImapStream *s, const void *buf, gsize len,
 gboolean imap_stream_has_buffered(const ImapStream *s);
 /* COMPRESS=DEFLATE from now on, both ways (after the server's OK). */
 gboolean imap_stream_start_deflate(ImapStream *s, GError **error);
-gboolean imap_stream_is_deflate(const ImapStream *s);
 /* Compressed bytes still to be written: flush when the socket allows. */
 gboolean imap_stream_wants_flush(const ImapStream *s);
 ImapIoResult imap_stream_flush(ImapStream *s, GError **error);

@@ -451,11 +451,6 @@ gboolean imap_stream_start_deflate(ImapStream *s, GError **error)
 	return TRUE;
 }
 
-gboolean imap_stream_is_deflate(const ImapStream *s)
-{
-	return s->deflate;
-}
-
 ImapIoResult imap_stream_read(ImapStream *s, void *buf, gsize len, gsize *n_out,
 			      GError **error)
 {
