@@ -232,6 +232,17 @@ def test_watched():
     other.close()
 
 
+def arrive_and_leave(other, raw, path, gone_uid, limit, how):
+    """Another client appends to a folder in use that is not the watched one,
+    then expunges gone_uid: both show in the listing within limit."""
+    new = other.append(raw, make_message("Arrived in a folder not watched"))
+    timely(lambda: new in listing(path), limit,
+           "%sa new message in a folder in use (not watched) is listed" % how)
+    other.expunge(raw, gone_uid)
+    timely(lambda: gone_uid not in listing(path), limit,
+           "%san expunged message in a folder in use (not watched) leaves the listing" % how)
+
+
 def test_polled():
     other = Other()
     p, w = "LivePolled", "LiveWatched"
@@ -241,12 +252,7 @@ def test_polled():
         pp = m.p(p)
         listing(pp)
         listing(m.p(w))  # now the watched one; LivePolled is left to the poll
-        new = other.append(p, make_message("Arrived in a polled folder"))
-        timely(lambda: new in listing(pp), POLL_LIMIT,
-               "a new message in a folder in use (not watched) is listed")
-        other.expunge(p, uids[0])
-        timely(lambda: uids[0] not in listing(pp), POLL_LIMIT,
-               "an expunged message in a folder in use (not watched) leaves the listing")
+        arrive_and_leave(other, p, pp, uids[0], POLL_LIMIT, "")
     other.close()
 
 
@@ -384,12 +390,7 @@ def test_notify():
         T.eq(sorted(listing(pn)), uids, "poll=0: the mount lists %s" % n)
         listing(m.p(w))  # the watched folder from now on
         time.sleep(0.5)  # the watch's IDLE (and NOTIFY SET) is running
-        new = other.append(n, make_message("Arrived in a folder not watched"))
-        timely(lambda: new in listing(pn), WATCH_LIMIT,
-               "poll=0, NOTIFY: a new message in a folder in use but not watched is listed")
-        other.expunge(n, uids[0])
-        timely(lambda: uids[0] not in listing(pn), WATCH_LIMIT,
-               "poll=0, NOTIFY: an expunge in a folder not watched leaves the listing")
+        arrive_and_leave(other, n, pn, uids[0], WATCH_LIMIT, "poll=0, NOTIFY: ")
         other.create(made)
         timely(lambda: made in os.listdir(m.path), WATCH_LIMIT,
                "poll=0, NOTIFY: a folder created by another client appears")
