@@ -580,9 +580,18 @@ class Bench:
                     with open(os.path.join(d, n), "rb") as fh:
                         while fh.read(1 << 20):
                             pass
+                        # or the next pass is served by the kernel's page
+                        # cache and never reaches the daemon
+                        os.posix_fadvise(fh.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
                 peaks.append(m.peak_rss())
+            rec_counters = m.counters()
             self.record(f["name"], run, "rss_passes", rss_1x=peaks[0], rss_10x=peaks[-1],
-                        seconds=time.monotonic() - t0)
+                        seconds=time.monotonic() - t0,
+                        fetched_bytes=rec_counters.get("cache.body_bytes_fetched"))
+            if (rec_counters.get("cache.body_bytes_fetched") or 0) < 9 * f["bytes"]:
+                self.fail("%s run %d: reading the folder 10x fetched %s bytes, not 10x %d"
+                          % (f["name"], run, rec_counters.get("cache.body_bytes_fetched"),
+                             f["bytes"]))
             log("  peak RSS reading the folder (cache=none): %.0f MB after 1 pass, %.0f MB "
                 "after 10" % (peaks[0] / MB, peaks[-1] / MB))
         finally:
