@@ -788,8 +788,10 @@ def errno_name(e):
 # ---- running a suite ---------------------------------------------------------------------
 
 
-def _run_one(fn, t_start, budget):
-    T.current = fn.__name__[5:]
+def run_one(fn, t_start, budget, label=None):
+    """Run one test function (labelled by its name without test_) within
+    what is left of budget seconds; an exception is a failed check."""
+    T.current = label or fn.__name__[5:]
     if time.monotonic() - t_start > budget:
         T.fail("not run: the suite's time budget of %.0f s is used up" % budget)
         T.current = ""
@@ -809,18 +811,24 @@ def _run_one(fn, t_start, budget):
     T.current = ""
 
 
+def skip_reason(script, exe):
+    """Why an e2e script cannot run here (print it as `1..0 # SKIP`), or
+    None: not under the fixture, or no FUSE."""
+    if not exe or not HOST or not MANIFEST:
+        return "not run under the Dovecot fixture (dovecot.py run -- python3 %s IMAPFS)" % script
+    if not os.path.exists("/dev/fuse"):
+        return "/dev/fuse is missing"
+    if shutil.which("fusermount3") is None:
+        return "fusermount3 is not installed (apt-get install fuse3)"
+    return None
+
+
 def run_suite(script, exe, tests, budget, setup=None, cleanup=None):
     """Run the test_* functions (IMAPFS_E2E_ONLY=a,b picks some by name),
     each within what is left of budget seconds; TAP to stdout, the exit
     status to return.  `1..0 # SKIP` when not under the fixture or without
     FUSE; `Bail out!` when setup() raises."""
-    reason = None
-    if not exe or not HOST or not MANIFEST:
-        reason = "not run under the Dovecot fixture (dovecot.py run -- python3 %s IMAPFS)" % script
-    elif not os.path.exists("/dev/fuse"):
-        reason = "/dev/fuse is missing"
-    elif shutil.which("fusermount3") is None:
-        reason = "fusermount3 is not installed (apt-get install fuse3)"
+    reason = skip_reason(script, exe)
     if reason:
         print("1..0 # SKIP " + reason)
         return 0
@@ -838,7 +846,7 @@ def run_suite(script, exe, tests, budget, setup=None, cleanup=None):
     try:
         for fn in tests:
             if not only or fn.__name__[5:] in only:
-                _run_one(fn, t0, budget)
+                run_one(fn, t0, budget)
     finally:
         if cleanup:
             cleanup()

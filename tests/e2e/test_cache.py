@@ -44,8 +44,8 @@ sys.path.insert(0, HERE)
 sys.path.insert(1, os.path.join(os.path.dirname(HERE), "fixture"))
 from helpers import (  # noqa: E402
     CAFILE, DEBUG, HOST, PASSWORD_FILE, PORT_IMAPS, USER, T, Mount, MountError,
-    folder_path, format_exc, fusermount, mounts_under, parse_message_name,
-    run, short, wait_for,
+    folder_path, fusermount, mounts_under, parse_message_name,
+    run, run_one, short, skip_reason, wait_for,
 )
 import dovecot as fx  # noqa: E402  (the fixture: imaplib helpers, a private server)
 from proxy import Proxy  # noqa: E402
@@ -1321,38 +1321,11 @@ TESTS = [
 ]
 
 
-def run_test(label, fn, t_start):
-    T.current = label
-    if time.monotonic() - t_start > BUDGET:
-        T.fail("not run: the suite's time budget of %.0f s is used up" % BUDGET)
-        T.current = ""
-        return
-    before = len(T.failures)
-    t0 = time.monotonic()
-    try:
-        fn()
-    except MountError as e:
-        T.fail("mount (expected a working mount; seen: %s)" % e)
-    except Exception as e:
-        T.fail("raised %s: %s" % (type(e).__name__, short(str(e), 400)),
-               details=format_exc().splitlines())
-    T.diag("%s: %.1f s" % (label, time.monotonic() - t0))
-    if len(T.failures) > before:
-        T.diag("%s: %d failed check(s)" % (label, len(T.failures) - before))
-    T.current = ""
-
-
 def main():
     global WORK, S0
-    if not EXE or not HOST or not PORT_IMAPS:
-        print("1..0 # SKIP not run under the Dovecot fixture "
-              "(dovecot.py run -- python3 test_cache.py IMAPFS)")
-        return 0
-    if not os.path.exists("/dev/fuse"):
-        print("1..0 # SKIP /dev/fuse is missing")
-        return 0
-    if shutil.which("fusermount3") is None:
-        print("1..0 # SKIP fusermount3 is not installed (apt-get install fuse3)")
+    reason = skip_reason("test_cache.py", EXE)
+    if reason:
+        print("1..0 # SKIP " + reason)
         return 0
     only = [a for a in sys.argv[2:]]  # optional: test numbers to run
     WORK = tempfile.mkdtemp(prefix="imapfs-cache-e2e-")
@@ -1362,7 +1335,7 @@ def main():
         for label, fn in TESTS:
             if only and label.split("-")[0] not in only:
                 continue
-            run_test(label, fn, t0)
+            run_one(fn, t0, BUDGET, label)
     finally:
         if DC1 is not None:
             try:

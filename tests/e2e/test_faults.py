@@ -69,7 +69,7 @@ sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(os.path.dirname(HERE), "fixture"))
 from helpers import (  # noqa: E402
     CAFILE, HOST, PASSWORD_FILE, PORT_IMAPS, T, Mount, MountError, Server,
-    errno_name, format_exc, parse_counters, parse_message_name, short,
+    errno_name, format_exc, parse_counters, parse_message_name, short, skip_reason,
 )
 from proxy import Proxy  # noqa: E402
 
@@ -1057,15 +1057,9 @@ class Run:
 
 
 def main():
-    if not EXE or not HOST or not PORT_IMAPS:
-        print("1..0 # SKIP not run under the Dovecot fixture "
-              "(dovecot.py run -- python3 test_faults.py IMAPFS)")
-        return 0
-    if not os.path.exists("/dev/fuse"):
-        print("1..0 # SKIP /dev/fuse is missing")
-        return 0
-    if shutil.which("fusermount3") is None:
-        print("1..0 # SKIP fusermount3 is not installed (apt-get install fuse3)")
+    reason = skip_reason("test_faults.py", EXE)
+    if reason:
+        print("1..0 # SKIP " + reason)
         return 0
     t0 = time.monotonic()
     T.diag("seed %d (set IMAPFS_FAULT_SEED to change it)" % SEED)
