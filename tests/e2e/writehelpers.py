@@ -12,7 +12,6 @@ import hashlib
 import imaplib
 import os
 import re
-import socket
 import ssl
 import threading
 import time
@@ -305,8 +304,8 @@ class FaultProxy(Proxy):
         super().__init__(*a, **kw)
         self.armed = None
         self.byte_limit = None
-        self.client_total = 0
         self.fired = threading.Event()
+        self.tails = {}  # client socket -> its last 64 bytes (patterns across chunks)
 
     def arm(self, pattern, action, k=1):
         self.fired.clear()
@@ -317,7 +316,7 @@ class FaultProxy(Proxy):
         have sent n more bytes."""
         self.fired.clear()
         with self.lock:
-            self.byte_limit = sum(len(c) for rec in self.sent for c in rec) + n
+            self.byte_limit = self.client_sent + n
 
     def disarm(self):
         self.armed = None
@@ -331,48 +330,20 @@ class FaultProxy(Proxy):
         self.fired.set()
         super().cut()
 
-    def _pump(self, src, dst, record):
-        if record is None:
-            return Proxy._pump(self, src, dst, record)
-        tail = b""
-        while True:
-            try:
-                data = src.recv(65536)
-            except OSError:
-                data = b""
-            while self.stall and not self.closed:
-                time.sleep(0.01)
-            if not data:
-                break
-            with self.lock:
-                over = (self.byte_limit is not None and
-                        sum(len(c) for rec in self.sent for c in rec) + len(data)
-                        >= self.byte_limit)
-                if over:
-                    self.byte_limit = None
-            if over:
-                self.cut()
-                return
-            armed = self.armed
-            if armed is not None and armed[0] in tail + data:
-                self.armed = None
-                with self.lock:
-                    record.append(data)
-                if armed[1] == "drop":
-                    self.cut()
-                    return
-                with self.lock:
-                    self.cut_at = self.server_bytes + armed[2]
-            else:
-                with self.lock:
-                    record.append(data)
-            tail = (tail + data)[-64:]
-            try:
-                dst.sendall(data)
-            except OSError:
-                break
-        for s in (src, dst):
-            try:
-                s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+    def client_chunk(self, src, data):
+        with self.lock:
+            if (self.byte_limit is not None and
+                    self.client_sent + len(data) >= self.byte_limit):
+                self.byte_limit = None
+                return "cut"
+        tail = self.tails.get(src, b"")
+        self.tails[src] = (tail + data)[-64:]
+        armed = self.armed
+        if armed is None or armed[0] not in tail + data:
+            return "forward"
+        self.armed = None
+        if armed[1] == "drop":
+            return "drop"
+        with self.lock:
+            self.cut_at = self.server_bytes + armed[2]
+        return "forward"
