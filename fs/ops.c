@@ -901,6 +901,11 @@ static char *xattr_value(Fs *fs, fuse_ino_t ino, const char *name)
 	return NULL;
 }
 
+static gboolean is_user_xattr(const char *name)
+{
+	return strncmp(name, "user.", 5) == 0;
+}
+
 static void reply_xattr(fuse_req_t req, const char *value, gsize len,
 			size_t size)
 {
@@ -918,6 +923,12 @@ static void fs_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name,
 	g_autofree char *value = NULL;
 
 	count_op(fs, FS_OP_GETXATTR);
+	/* Only the user namespace exists here. "Not supported" (not "no
+	 * such attribute") for the others (security.selinux, the POSIX ACLs)
+	 * lets ls -l remember it per file system instead of asking once per
+	 * file: a request each, most of a warm ls -l. */
+	if (!is_user_xattr(name))
+		return (void)fuse_reply_err(req, ENOTSUP);
 	value = xattr_value(fs, ino, name);
 	if (!value)
 		return (void)fuse_reply_err(req, ENODATA);
@@ -1004,6 +1015,8 @@ static void fs_removexattr(fuse_req_t req, fuse_ino_t ino, const char *name)
 
 	if (err)
 		return (void)fuse_reply_err(req, err);
+	if (!is_user_xattr(name))
+		return (void)fuse_reply_err(req, ENOTSUP);
 	if (strcmp(name, "user.imap.flags") != 0)
 		return (void)fuse_reply_err(req, ENODATA);
 	set_flags(req, ino, "", 0);
@@ -1264,12 +1277,11 @@ static void fs_init(void *userdata, struct fuse_conn_info *conn)
 	conn->want &= ~FUSE_CAP_READDIRPLUS_AUTO;
 	if (conn->capable & FUSE_CAP_CACHE_SYMLINKS)
 		conn->want |= FUSE_CAP_CACHE_SYMLINKS;
-	/* The kernel then asks once per inode whether there is an ACL (no)
-	 * and remembers: `ls -l` stops costing a request per file for it.
-	 * It also makes the kernel check permissions (default_permissions),
-	 * which the modes we show allow. */
-	if (conn->capable & FUSE_CAP_POSIX_ACL)
-		conn->want |= FUSE_CAP_POSIX_ACL;
+	/* No POSIX ACLs: their attributes are "not supported" like every
+	 * name outside the user namespace (see fs_getxattr), which ls -l
+	 * remembers per file system. (With FUSE_CAP_POSIX_ACL the kernel
+	 * would take that answer for a failed permission check.) */
+	conn->want &= ~FUSE_CAP_POSIX_ACL;
 	/* Reads check the attributes when they were invalidated (a body
 	 * found to differ from its announced size). */
 	if (conn->capable & FUSE_CAP_AUTO_INVAL_DATA)

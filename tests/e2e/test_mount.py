@@ -651,6 +651,17 @@ def test_xattrs():
                     if e != errno.ENODATA:
                         problems.append("%s: getxattr of an unknown name: %s, expected ENODATA"
                                         % (where, errno_name(e)))
+                    for other in ("security.selinux", "system.posix_acl_access",
+                                  "trusted.x"):
+                        try:
+                            os.getxattr(p, other)
+                            e = None
+                        except OSError as ex:
+                            e = ex.errno
+                        if e != errno.EOPNOTSUPP:
+                            problems.append("%s: getxattr %s: %s, expected EOPNOTSUPP (only "
+                                            "the user namespace exists)"
+                                            % (where, other, errno_name(e)))
         T.check(n == sum(len(f.msgs) for f in selectable()), "xattrs checked on every message",
                 expected=sum(len(f.msgs) for f in selectable()), seen=n)
         T.none_of(listed, "listxattr lists user.imap.flags only (the others are read by "
@@ -705,6 +716,11 @@ def test_counters():
                 "`ls -l INBOX` (with its getxattr calls) sends no IMAP command",
                 expected="status 0, 0 commands",
                 seen="status %s, %d commands" % (r.returncode, delta(c2, c3, "imap.commands")))
+        # ls -l asks for security.selinux and the ACL of every file unless
+        # the file system says it has none ("not supported", remembered).
+        T.check(delta(c2, c3, "fuse.getxattr") <= 4,
+                "`ls -l INBOX` (%d files) sends a constant number of getxattr requests" % n,
+                expected="<= 4", seen=delta(c2, c3, "fuse.getxattr"))
 
         # (b) a message is fetched once per mount, also with 4 KB reads
         uid = max(inbox.msgs, key=lambda u: inbox.msgs[u].size if u in inbox.msgs and
