@@ -40,11 +40,9 @@ typedef struct {
 	gboolean fresh; /* in step with the server in this mount */
 	GPtrArray *msgs; /* CacheMessage *, sorted by name (cache->lock) */
 	GHashTable *by_name; /* name -> CacheMessage * (borrowed from msgs) */
-	GHashTable *index_of; /* message id -> index in msgs + 1 */
 	guint32 uidvalidity;
 	gint64 retry_at; /* offline: next time to try the server */
 	GPtrArray *by_id; /* msgs in row id (inode) order, borrowed */
-	GHashTable *id_index_of; /* message id -> index in by_id + 1 */
 	/* Sequential access, [0] in listing order, [1] in inode order. */
 	gint last_index[2];
 	guint streak[2];

@@ -55,9 +55,7 @@ static void state_free(FolderState *st)
 	g_mutex_clear(&st->sync_lock);
 	g_clear_pointer(&st->msgs, g_ptr_array_unref);
 	g_clear_pointer(&st->by_name, g_hash_table_unref);
-	g_clear_pointer(&st->index_of, g_hash_table_unref);
 	g_clear_pointer(&st->by_id, g_ptr_array_unref);
-	g_clear_pointer(&st->id_index_of, g_hash_table_unref);
 	g_free(st);
 }
 
@@ -300,8 +298,11 @@ Cache *cache_open(ImapClient *client, const CacheConfig *cfg, GError **error)
 		g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
 	c->states = g_hash_table_new_full(g_int64_hash, g_int64_equal, g_free,
 					  (GDestroyNotify)state_free);
+	/* Keyed by the id inside the message: no key of its own per
+	 * message (insert with g_hash_table_replace, which keeps the key of
+	 * the new value). */
 	c->messages =
-		g_hash_table_new_full(g_int64_hash, g_int64_equal, g_free,
+		g_hash_table_new_full(g_int64_hash, g_int64_equal, NULL,
 				      (GDestroyNotify)cache_message_unref);
 	c->fetching = g_hash_table_new_full(g_int64_hash, g_int64_equal, g_free,
 					    NULL);
@@ -1006,16 +1007,10 @@ void cache_install_messages_locked(Cache *c, FolderState *st, GPtrArray *msgs,
 		}
 		g_ptr_array_unref(st->msgs);
 		g_hash_table_unref(st->by_name);
-		g_hash_table_unref(st->index_of);
 	}
 	st->msgs = g_ptr_array_ref(msgs);
 	st->by_name = g_hash_table_new(g_str_hash, g_str_equal);
-	st->index_of = g_hash_table_new_full(g_int64_hash, g_int64_equal,
-					     g_free, NULL);
 	g_clear_pointer(&st->by_id, g_ptr_array_unref);
-	g_clear_pointer(&st->id_index_of, g_hash_table_unref);
-	st->id_index_of = g_hash_table_new_full(g_int64_hash, g_int64_equal,
-						g_free, NULL);
 	for (guint i = 0; i < msgs->len; i++) {
 		CacheMessage *m = msgs->pdata[i];
 
@@ -1026,10 +1021,7 @@ void cache_install_messages_locked(Cache *c, FolderState *st, GPtrArray *msgs,
 			continue;
 		}
 		g_hash_table_insert(st->by_name, m->name, m);
-		g_hash_table_insert(st->index_of, cache_id_key(m->id),
-				    GUINT_TO_POINTER(i + 1));
-		g_hash_table_insert(c->messages, cache_id_key(m->id),
-				    cache_message_ref(m));
+		g_hash_table_replace(c->messages, &m->id, cache_message_ref(m));
 	}
 	/* The same messages in inode (row id) order: cp -a reads that way. */
 	/* Borrowed pointers, no free function of its own. */
@@ -1037,12 +1029,6 @@ void cache_install_messages_locked(Cache *c, FolderState *st, GPtrArray *msgs,
 	for (guint i = 0; i < msgs->len; i++)
 		g_ptr_array_add(st->by_id, msgs->pdata[i]);
 	g_ptr_array_sort(st->by_id, compare_message_ids);
-	for (guint i = 0; i < st->by_id->len; i++) {
-		CacheMessage *m = st->by_id->pdata[i];
-
-		g_hash_table_insert(st->id_index_of, cache_id_key(m->id),
-				    GUINT_TO_POINTER(i + 1));
-	}
 	st->uidvalidity = uidvalidity;
 	for (guint o = 0; o < 2; o++) {
 		st->last_index[o] = -2;
@@ -1514,6 +1500,28 @@ CacheMessage *cache_message_lookup(Cache *c, guint64 folder_id,
 	return m;
 }
 
+/* Where @m is in @seq, sorted by @cmp. */
+static gboolean snapshot_index(GPtrArray *seq, GCompareFunc cmp,
+			       const CacheMessage *m, guint *index)
+{
+	guint lo = 0, hi = seq->len;
+
+	while (lo < hi) {
+		guint mid = lo + (hi - lo) / 2;
+		gint r = cmp(&seq->pdata[mid], &m);
+
+		if (r == 0) {
+			*index = mid;
+			return ((CacheMessage *)seq->pdata[mid])->id == m->id;
+		}
+		if (r < 0)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return FALSE;
+}
+
 /* Sequential-scan detection, called when a body is opened. */
 void cache_note_open(Cache *c, const CacheMessage *m)
 {
@@ -1525,13 +1533,14 @@ void cache_note_open(Cache *c, const CacheMessage *m)
 	st = g_hash_table_lookup(c->states, &m->folder_id);
 	/* Two orders count as sequential: the listing's (ls, grep -r, tar,
 	 * rsync) and the inodes' (cp -a sorts by inode number). */
-	for (int o = 0; st && st->index_of && o < 2; o++) {
-		GHashTable *map = o == 0 ? st->index_of : st->id_index_of;
-		guint i = GPOINTER_TO_UINT(g_hash_table_lookup(map, &m->id));
+	for (int o = 0; st && st->msgs && o < 2; o++) {
+		guint i;
 
-		if (!i)
+		if (!snapshot_index(o == 0 ? st->msgs : st->by_id,
+				    o == 0 ? compare_message_names
+					   : compare_message_ids,
+				    m, &i))
 			continue;
-		i--;
 		if ((gint)i == st->last_index[o] + 1)
 			st->streak[o]++;
 		else if ((gint)i != st->last_index[o])

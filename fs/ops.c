@@ -280,9 +280,29 @@ typedef struct {
 	struct stat st;
 } DirEntry;
 
+/*
+ * An open directory: the listing taken at opendir, so that offsets stay
+ * valid however the folder changes while it is read. The messages are the
+ * folder's own immutable snapshot, held by reference: a copy of 50,000
+ * names and stats would be a quarter of the daemon's memory.
+ */
+typedef struct {
+	GArray *head; /* DirEntry: ".", "..", the subfolders */
+	GPtrArray *msgs; /* CacheMessage; NULL for the root */
+	GArray *tail; /* DirEntry: local files */
+} DirHandle;
+
 static void dir_entry_clear(DirEntry *d)
 {
 	g_free(d->name);
+}
+
+static GArray *dir_entries_new(void)
+{
+	GArray *a = g_array_new(FALSE, FALSE, sizeof(DirEntry));
+
+	g_array_set_clear_func(a, (GDestroyNotify)dir_entry_clear);
+	return a;
 }
 
 static void dir_add(GArray *a, const char *name, const struct stat *st)
@@ -292,20 +312,31 @@ static void dir_add(GArray *a, const char *name, const struct stat *st)
 	g_array_append_val(a, d);
 }
 
-/* The listing is taken once at opendir: offsets stay valid however the
- * folder changes while it is read. */
+static void dir_handle_free(DirHandle *d)
+{
+	g_array_unref(d->head);
+	if (d->msgs)
+		g_ptr_array_unref(d->msgs);
+	g_array_unref(d->tail);
+	g_free(d);
+}
+
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(DirHandle, dir_handle_free)
+
 static void fs_opendir(fuse_req_t req, fuse_ino_t ino,
 		       struct fuse_file_info *fi)
 {
 	Fs *fs = fs_of(req);
 	guint64 id = 0;
-	g_autoptr(GArray) entries = g_array_new(FALSE, FALSE, sizeof(DirEntry));
+	g_autoptr(DirHandle) d = g_new0(DirHandle, 1);
 	g_autoptr(GPtrArray) children = NULL;
+	g_autoptr(GPtrArray) locals = NULL;
 	g_autoptr(CacheFolder) self = NULL;
 	struct stat st;
 
 	count_op(fs, FS_OP_OPENDIR);
-	g_array_set_clear_func(entries, (GDestroyNotify)dir_entry_clear);
+	d->head = dir_entries_new();
+	d->tail = dir_entries_new();
 	if (ino_is_folder(ino)) {
 		id = ino - INO_FOLDER_BASE;
 		self = cache_folder_get(fs->cache, id);
@@ -316,66 +347,94 @@ static void fs_opendir(fuse_req_t req, fuse_ino_t ino,
 	}
 	fi->cache_readdir = 1;
 	folder_stat(fs, self, &st);
-	dir_add(entries, ".", &st);
-	dir_add(entries, "..", &st);
+	dir_add(d->head, ".", &st);
+	dir_add(d->head, "..", &st);
 	children = cache_folder_children(fs->cache, id);
 	for (guint i = 0; i < children->len; i++) {
 		folder_stat(fs, children->pdata[i], &st);
-		dir_add(entries, ((CacheFolder *)children->pdata[i])->name,
+		dir_add(d->head, ((CacheFolder *)children->pdata[i])->name,
 			&st);
 	}
 	if (self && self->selectable) {
 		g_autoptr(GError) error = NULL;
-		g_autoptr(GPtrArray) msgs =
-			cache_folder_messages(fs->cache, id, &error);
 
-		if (!msgs)
+		d->msgs = cache_folder_messages(fs->cache, id, &error);
+		if (!d->msgs)
 			return reply_error(req, error);
 		cache_watch_folder(fs->cache, id);
-		for (guint i = 0; i < msgs->len; i++) {
-			CacheMessage *m = msgs->pdata[i];
-
-			if (fs_local_is_hidden(fs, m->id))
-				continue;
-			message_stat(fs, m, &st);
-			dir_add(entries, m->name, &st);
-		}
 	}
-	{
-		g_autoptr(GPtrArray) locals = fs_local_list(fs, id);
+	locals = fs_local_list(fs, id);
+	for (guint i = 0; i < locals->len; i++) {
+		LocalFile *lf = locals->pdata[i];
 
-		for (guint i = 0; i < locals->len; i++) {
-			LocalFile *lf = locals->pdata[i];
-
-			fs_local_stat(fs, lf, &st);
-			dir_add(entries, lf->name, &st);
-		}
-		/* Local files come and go: don't let the kernel keep the
-		 * listing of a folder that has some. */
-		if (locals->len)
-			fi->cache_readdir = 0;
+		fs_local_stat(fs, lf, &st);
+		dir_add(d->tail, lf->name, &st);
 	}
-	fi->fh = (uint64_t)(uintptr_t)g_steal_pointer(&entries);
+	/* Local files come and go (and hide the messages they stand for):
+	 * don't let the kernel keep the listing of a folder that has some. */
+	if (locals->len)
+		fi->cache_readdir = 0;
+	fi->fh = (uint64_t)(uintptr_t)g_steal_pointer(&d);
 	fi->keep_cache = fi->cache_readdir;
 	fuse_reply_open(req, fi);
+}
+
+/* Entry i of an open directory (an offset); FALSE past the end. A message
+ * that a local file now hides gives an entry without a name. */
+static gboolean dir_entry_at(Fs *fs, const DirHandle *d, gsize i,
+			     const char **name, struct stat *st)
+{
+	gsize nmsgs = d->msgs ? d->msgs->len : 0;
+
+	*name = NULL;
+	if (i < d->head->len) {
+		const DirEntry *e = &g_array_index(d->head, DirEntry, i);
+
+		*name = e->name;
+		*st = e->st;
+		return TRUE;
+	}
+	i -= d->head->len;
+	if (i < nmsgs) {
+		const CacheMessage *m = d->msgs->pdata[i];
+
+		if (fs_local_is_hidden(fs, m->id))
+			return TRUE;
+		*name = m->name;
+		message_stat(fs, m, st);
+		return TRUE;
+	}
+	i -= nmsgs;
+	if (i < d->tail->len) {
+		const DirEntry *e = &g_array_index(d->tail, DirEntry, i);
+
+		*name = e->name;
+		*st = e->st;
+		return TRUE;
+	}
+	return FALSE;
 }
 
 static void do_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 		       struct fuse_file_info *fi, gboolean plus)
 {
-	GArray *entries = (GArray *)(uintptr_t)fi->fh;
+	Fs *fs = fs_of(req);
+	const DirHandle *d = (const DirHandle *)(uintptr_t)fi->fh;
 	g_autofree char *buf = g_malloc(size);
 	size_t used = 0;
+	const char *name;
+	struct stat st;
 
-	count_op(fs_of(req), FS_OP_READDIR);
-	for (gsize i = (gsize)off; i < entries->len; i++) {
-		DirEntry *d = &g_array_index(entries, DirEntry, i);
+	count_op(fs, FS_OP_READDIR);
+	for (gsize i = (gsize)off; dir_entry_at(fs, d, i, &name, &st); i++) {
 		size_t n;
 
+		if (!name)
+			continue;
 		if (plus) {
 			struct fuse_entry_param e = {
-				.ino = d->st.st_ino,
-				.attr = d->st,
+				.ino = st.st_ino,
+				.attr = st,
 				.attr_timeout = ATTR_TIMEOUT,
 				.entry_timeout = ENTRY_TIMEOUT,
 			};
@@ -384,10 +443,10 @@ static void do_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 			if (i < 2)
 				e.ino = 0;
 			n = fuse_add_direntry_plus(req, buf + used, size - used,
-						   d->name, &e, (off_t)i + 1);
+						   name, &e, (off_t)i + 1);
 		} else {
 			n = fuse_add_direntry(req, buf + used, size - used,
-					      d->name, &d->st, (off_t)i + 1);
+					      name, &st, (off_t)i + 1);
 		}
 		if (n > size - used)
 			break;
@@ -411,7 +470,7 @@ static void fs_readdirplus(fuse_req_t req, fuse_ino_t ino, size_t size,
 static void fs_releasedir(fuse_req_t req, fuse_ino_t ino,
 			  struct fuse_file_info *fi)
 {
-	g_array_unref((GArray *)(uintptr_t)fi->fh);
+	dir_handle_free((DirHandle *)(uintptr_t)fi->fh);
 	fuse_reply_err(req, 0);
 }
 
