@@ -242,28 +242,58 @@ gboolean cache_body_store(Cache *c, const char *path, const char *data,
 
 #define HEADER_MAX (64 * 1024)
 
-/* Keep the header block in the index: it outlives an evicted body, so
- * reads inside it still work (offline too). */
-static void store_header(Cache *c, int fd, guint64 message_id)
+/* A header block waiting to go into the index. */
+typedef struct {
+	guint64 message_id;
+	GBytes *block;
+} PendingHeader;
+
+static void pending_header_clear(PendingHeader *p)
 {
-	g_autofree char *buf = g_malloc(HEADER_MAX);
-	ssize_t n = pread(fd, buf, HEADER_MAX, 0);
+	g_bytes_unref(p->block);
+}
+
+/* The header block of a stored body, or NULL (none within HEADER_MAX). */
+static GBytes *read_header_block(int fd, guint64 size)
+{
+	gsize want = (gsize)MIN(size, (guint64)HEADER_MAX);
+	g_autofree char *buf = g_malloc(want + 1);
+	ssize_t n = pread(fd, buf, want, 0);
 	const char *end;
-	sqlite3_stmt *st;
 
 	if (n <= 0)
-		return;
+		return NULL;
 	end = g_strstr_len(buf, n, "\r\n\r\n");
 	if (!end)
+		return NULL;
+	return g_bytes_new(buf, (gsize)(end + 4 - buf));
+}
+
+/* Keep header blocks in the index: they outlive an evicted body, so reads
+ * inside them still work (offline too). One transaction for many: an
+ * update of its own per body cost more than storing the body. */
+static void store_headers(Cache *c, GArray *pending)
+{
+	if (!pending->len)
 		return;
 	g_mutex_lock(&c->lock);
-	st = cache_stmt_locked(c, CACHE_STMT_STORE_HEADER,
-			       "UPDATE messages SET header = ?1 WHERE id = ?2");
-	sqlite3_bind_blob(st, 1, buf, (int)(end + 4 - buf), SQLITE_STATIC);
-	sqlite3_bind_int64(st, 2, (sqlite3_int64)message_id);
-	sqlite3_step(st);
-	cache_stmt_done(st);
+	cache_db_exec(c, "BEGIN", NULL);
+	for (guint i = 0; i < pending->len; i++) {
+		PendingHeader *p = &g_array_index(pending, PendingHeader, i);
+		sqlite3_stmt *st = cache_stmt_locked(
+			c, CACHE_STMT_STORE_HEADER,
+			"UPDATE messages SET header = ?1 WHERE id = ?2");
+		gsize len;
+		const void *data = g_bytes_get_data(p->block, &len);
+
+		sqlite3_bind_blob(st, 1, data, (int)len, SQLITE_STATIC);
+		sqlite3_bind_int64(st, 2, (sqlite3_int64)p->message_id);
+		sqlite3_step(st);
+		cache_stmt_done(st);
+	}
+	cache_db_exec(c, "COMMIT", NULL);
 	g_mutex_unlock(&c->lock);
+	g_array_set_size(pending, 0);
 }
 
 /* Serve a read that lies inside the stored header block. */
@@ -332,6 +362,7 @@ typedef struct {
 	gboolean prefetch;
 	guint bodies;
 	gboolean expunged; /* [EXPUNGEISSUED] or no body for a UID */
+	GArray *headers; /* PendingHeader: stored in groups (store_headers) */
 } Fetch;
 
 static gpointer sink_open(guint64 size, const char *context,
@@ -397,9 +428,25 @@ static const ImapLiteralSink file_sink = {
 
 static void fetch_free(Fetch *f)
 {
+	g_array_unref(f->headers);
 	g_ptr_array_unref(f->handles);
 	g_hash_table_unref(f->ids_by_uid);
 	g_free(f);
+}
+
+#define HEADERS_PER_TRANSACTION 64
+
+/* rename(), creating the directory on the first body of a folder. */
+static gboolean rename_into_place(const char *from, const char *to)
+{
+	g_autofree char *dir = NULL;
+
+	if (rename(from, to) == 0)
+		return TRUE;
+	if (errno != ENOENT)
+		return FALSE;
+	dir = g_path_get_dirname(to);
+	return g_mkdir_with_parents(dir, 0700) == 0 && rename(from, to) == 0;
 }
 
 /* A complete FETCH response: put its body where it belongs. Runs on the
@@ -451,18 +498,22 @@ static gboolean fetch_untagged_cb(const ImapResponse *resp, gpointer user_data)
 			    .uidvalidity = f->uidvalidity,
 			    .uid = fd->uid};
 	g_autofree char *path = cache_body_path(f->c, &tmp);
-	g_autofree char *dir = g_path_get_dirname(path);
+	PendingHeader ph = {
+		.message_id = GPOINTER_TO_SIZE(g_hash_table_lookup(
+			f->ids_by_uid, GUINT_TO_POINTER(fd->uid))),
+	};
 
-	if (fsync(h->fd) < 0 || g_mkdir_with_parents(dir, 0700) < 0 ||
-	    rename(h->tmp_path, path) < 0) {
-		g_warning("cannot store a body in %s: %s", dir,
+	if (fsync(h->fd) < 0 || !rename_into_place(h->tmp_path, path)) {
+		g_warning("cannot store a body as %s: %s", path,
 			  g_strerror(errno));
 		return TRUE;
 	}
 	g_clear_pointer(&h->tmp_path, g_free);
-	store_header(f->c, h->fd,
-		     GPOINTER_TO_SIZE(g_hash_table_lookup(
-			     f->ids_by_uid, GUINT_TO_POINTER(fd->uid))));
+	ph.block = read_header_block(h->fd, h->written);
+	if (ph.block)
+		g_array_append_val(f->headers, ph);
+	if (f->headers->len >= HEADERS_PER_TRANSACTION)
+		store_headers(f->c, f->headers);
 	close(h->fd);
 	h->fd = -1;
 	f->bodies++;
@@ -535,6 +586,7 @@ static void fetch_done_cb(ImapResult *result, const GError *error,
 		 imap_response_has_code(result->tagged, "EXPUNGEISSUED"))
 		f->expunged = TRUE;
 	imap_result_free(result);
+	store_headers(f->c, f->headers);
 	end_fetching(f->c, f);
 	if (w->async) {
 		g_clear_error(&e);
@@ -584,6 +636,9 @@ static Fetch *fetch_new(Cache *c, const CacheMessage *m)
 	f->ids_by_uid = g_hash_table_new(NULL, NULL);
 	f->handles = g_ptr_array_new_with_free_func(
 		(GDestroyNotify)file_handle_free);
+	f->headers = g_array_new(FALSE, FALSE, sizeof(PendingHeader));
+	g_array_set_clear_func(f->headers,
+			       (GDestroyNotify)pending_header_clear);
 	return f;
 }
 
