@@ -280,9 +280,10 @@ static void store_headers(Cache *c, GArray *pending)
 	cache_db_exec(c, "BEGIN", NULL);
 	for (guint i = 0; i < pending->len; i++) {
 		PendingHeader *p = &g_array_index(pending, PendingHeader, i);
-		sqlite3_stmt *st = cache_stmt_locked(
-			c, CACHE_STMT_STORE_HEADER,
-			"UPDATE messages SET header = ?1 WHERE id = ?2");
+		sqlite3_stmt *st =
+			cache_stmt_locked(c, CACHE_STMT_STORE_HEADER,
+					  "UPDATE messages SET header = ?1"
+					  " WHERE id = ?2 AND header IS NULL");
 		gsize len;
 		const void *data = g_bytes_get_data(p->block, &len);
 
