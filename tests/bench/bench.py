@@ -906,9 +906,10 @@ class Bench:
                         row(name, "slow link: ls -l, first (%s)" % label, sl, "s",
                             "%.1f MB over the wire; %+.2f s over the local link "
                             "(a raw client's fetch of the same data: %+.2f s for %.1f MB) "
-                            "= %.1f round trips' worth beyond the transfer"
+                            "= %s round trips' worth beyond the transfer"
                             % (wire / MB, sl - local, raw_link - raw_local, raw_wire / MB,
-                               waiting),
+                               "%.1f" % waiting if waiting >= 0 else
+                               "no (%.1f: less than the raw client's)" % waiting),
                             counters_cell(self, name, "slow_ls" + z),
                             aim_cell(waiting, lambda x: x <= 3, "<= 3 round trips + transfer"),
                             key="slow_ls%s.seconds" % z)
