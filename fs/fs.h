@@ -59,6 +59,11 @@ typedef struct {
 	GHashTable *hidden; /* message ids shown as a shadow instead */
 	guint64 next_local;
 	GPtrArray *aliases; /* names given to moved messages (local.c) */
+	/* ops.c: open files and directories (freed at the end if the kernel
+	 * did not release them) */
+	GMutex handles_lock;
+	GHashTable *open_dirs;
+	GHashTable *open_files;
 	/* watch.c */
 	struct fuse_session *se;
 	guint poll_s;
@@ -92,6 +97,8 @@ typedef struct {
 
 void fs_local_init(Fs *fs);
 void fs_local_clear(Fs *fs);
+void fs_handles_init(Fs *fs);
+void fs_handles_clear(Fs *fs);
 LocalFile *fs_local_ref(LocalFile *lf);
 void fs_local_unref(LocalFile *lf);
 gboolean fs_ino_is_local(fuse_ino_t ino);

@@ -637,6 +637,7 @@ static int fs_mount(FsOptions *opts, struct fuse_args *args)
 	fs.poll_s = opts->poll_s;
 	fs.delete_to_trash = opts->delete_to_trash;
 	fs_local_init(&fs);
+	fs_handles_init(&fs);
 
 	/* fuse_opt splits at commas; the account may hold one. */
 	g_strdelimit(opts->account, ",\\", '_');
@@ -673,6 +674,7 @@ static int fs_mount(FsOptions *opts, struct fuse_args *args)
 	fuse_loop_cfg_destroy(loop);
 	fs_watch_stop(&fs);
 	fuse_session_unmount(se);
+	fs_handles_clear(&fs);
 	fs_local_clear(&fs);
 	fuse_remove_signal_handlers(se);
 	fuse_session_destroy(se);

@@ -275,6 +275,28 @@ static void fs_getattr(fuse_req_t req, fuse_ino_t ino,
 
 /* ---- directories ---- */
 
+/* Give the kernel @handle as @fi's file handle. */
+static void handle_open(Fs *fs, GHashTable *set, struct fuse_file_info *fi,
+			gpointer handle)
+{
+	g_mutex_lock(&fs->handles_lock);
+	g_hash_table_add(set, handle);
+	g_mutex_unlock(&fs->handles_lock);
+	fi->fh = (uint64_t)(uintptr_t)handle;
+}
+
+/* The kernel let go of @fi's file handle: free it (outside the lock). */
+static void handle_release(Fs *fs, GHashTable *set, struct fuse_file_info *fi,
+			   GDestroyNotify free_func)
+{
+	gpointer handle = (gpointer)(uintptr_t)fi->fh;
+
+	g_mutex_lock(&fs->handles_lock);
+	g_hash_table_steal(set, handle);
+	g_mutex_unlock(&fs->handles_lock);
+	free_func(handle);
+}
+
 typedef struct {
 	char *name;
 	struct stat st;
@@ -374,8 +396,8 @@ static void fs_opendir(fuse_req_t req, fuse_ino_t ino,
 	 * don't let the kernel keep the listing of a folder that has some. */
 	if (locals->len)
 		fi->cache_readdir = 0;
-	fi->fh = (uint64_t)(uintptr_t)g_steal_pointer(&d);
 	fi->keep_cache = fi->cache_readdir;
+	handle_open(fs, fs->open_dirs, fi, g_steal_pointer(&d));
 	fuse_reply_open(req, fi);
 }
 
@@ -470,7 +492,8 @@ static void fs_readdirplus(fuse_req_t req, fuse_ino_t ino, size_t size,
 static void fs_releasedir(fuse_req_t req, fuse_ino_t ino,
 			  struct fuse_file_info *fi)
 {
-	dir_handle_free((DirHandle *)(uintptr_t)fi->fh);
+	handle_release(fs_of(req), fs_of(req)->open_dirs, fi,
+		       (GDestroyNotify)dir_handle_free);
 	fuse_reply_err(req, 0);
 }
 
@@ -493,6 +516,27 @@ static void handle_free(Handle *h)
 	cache_body_close(h->body);
 	fs_local_unref(h->local);
 	g_free(h);
+}
+
+/*
+ * Open files and directories are also kept here, for the end: a RELEASE
+ * the kernel had no time to send before an unmount by signal would leave
+ * them behind.
+ */
+void fs_handles_init(Fs *fs)
+{
+	g_mutex_init(&fs->handles_lock);
+	fs->open_dirs = g_hash_table_new_full(
+		NULL, NULL, (GDestroyNotify)dir_handle_free, NULL);
+	fs->open_files = g_hash_table_new_full(
+		NULL, NULL, (GDestroyNotify)handle_free, NULL);
+}
+
+void fs_handles_clear(Fs *fs)
+{
+	g_hash_table_unref(fs->open_dirs);
+	g_hash_table_unref(fs->open_files);
+	g_mutex_clear(&fs->handles_lock);
 }
 
 /*
@@ -587,7 +631,7 @@ static void fs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		g_free(h);
 		return (void)fuse_reply_err(req, EISDIR);
 	}
-	fi->fh = (uint64_t)(uintptr_t)h;
+	handle_open(fs, fs->open_files, fi, h);
 	fuse_reply_open(req, fi);
 }
 
@@ -782,7 +826,7 @@ static void fs_release(fuse_req_t req, fuse_ino_t ino,
 		fs_local_unlink(fs, h->local);
 		fs_invalidate(fs, h->local->folder_id, h->local->name);
 	}
-	handle_free(h);
+	handle_release(fs, fs->open_files, fi, (GDestroyNotify)handle_free);
 	fuse_reply_err(req, 0);
 }
 
@@ -816,8 +860,8 @@ static void fs_create(fuse_req_t req, fuse_ino_t parent, const char *name,
 	}
 	h->local->dirty = !fs_is_scratch_name(name);
 	local_entry(fs, h->local, &e);
-	fi->fh = (uint64_t)(uintptr_t)h;
 	fi->direct_io = 1;
+	handle_open(fs, fs->open_files, fi, h);
 	fuse_reply_create(req, &e, fi);
 }
 
