@@ -541,7 +541,7 @@ class Bench:
                 try:
                     # Not the message imapfs read: nothing is warm for it.
                     ms = raw_read_one(raw_probe, others[0]["name"], others[0]["n"] - 1)
-                except (OSError, BenchError) as e:
+                except (OSError, BenchError, imaplib.IMAP4.error) as e:
                     ms = None
                     self.fail("%s run %d: raw read during cp -a: %s" % (f["name"], run, e))
                 self.record(f["name"], run, "cat_during_cp", where="other folder, raw client",
