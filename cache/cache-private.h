@@ -63,6 +63,10 @@ struct _Cache {
 	char *body_dir;
 	char *tmp_dir;
 	sqlite3 *db;
+	/* One folder-list refresh at a time: LIST results are applied in the
+	 * order they were asked for (the poll and the watch both refresh;
+	 * an older LIST applied last would drop a folder just created). */
+	GMutex refresh_lock;
 	GMutex lock; /* everything below, and the database */
 	sqlite3_stmt *stmts[CACHE_STMT_COUNT];
 	GCond fetch_cond; /* broadcast when a body fetch finishes */

@@ -291,6 +291,7 @@ Cache *cache_open(ImapClient *client, const CacheConfig *cfg, GError **error)
 	c->body_dir = g_build_filename(cfg->dir, "bodies", NULL);
 	c->tmp_dir = g_build_filename(cfg->dir, "tmp", NULL);
 	g_mutex_init(&c->lock);
+	g_mutex_init(&c->refresh_lock);
 	g_cond_init(&c->fetch_cond);
 	c->folders = g_hash_table_new_full(g_int64_hash, g_int64_equal, g_free,
 					   (GDestroyNotify)cache_folder_unref);
@@ -348,6 +349,7 @@ void cache_free(Cache *c)
 	g_hash_table_unref(c->partials);
 	g_hash_table_unref(c->open_paths);
 	g_mutex_clear(&c->lock);
+	g_mutex_clear(&c->refresh_lock);
 	g_cond_clear(&c->fetch_cond);
 	g_free(c->body_dir);
 	g_free(c->tmp_dir);
@@ -468,7 +470,19 @@ void cache_rename_folder_rows(Cache *c, const char *from, const char *to,
 	g_mutex_unlock(&c->lock);
 }
 
+static gboolean refresh_folders(Cache *c, GError **error);
+
 gboolean cache_refresh_folders(Cache *c, GError **error)
+{
+	gboolean ok;
+
+	g_mutex_lock(&c->refresh_lock);
+	ok = refresh_folders(c, error);
+	g_mutex_unlock(&c->refresh_lock);
+	return ok;
+}
+
+static gboolean refresh_folders(Cache *c, GError **error)
 {
 	g_autoptr(ImapCommand) cmd = imap_cmd_list(c->client, FALSE);
 	g_autoptr(ImapResult) r = imap_client_run(c->client, cmd, error);
