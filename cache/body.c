@@ -257,7 +257,7 @@ static void pending_header_clear(PendingHeader *p)
 static GBytes *read_header_block(int fd, guint64 size)
 {
 	gsize want = (gsize)MIN(size, (guint64)HEADER_MAX);
-	g_autofree char *buf = g_malloc(want + 1);
+	g_autofree char *buf = g_malloc(want);
 	ssize_t n = pread(fd, buf, want, 0);
 	const char *end;
 
@@ -935,10 +935,8 @@ static gboolean partial_fill(Cache *c, CacheMessage *m, Partial *p, guint first,
 	if (ok && p->have_count == p->nchunks && p->tmp_path) {
 		/* Every range is there: it is a complete body now. */
 		g_autofree char *path = cache_body_path(c, m);
-		g_autofree char *dir = g_path_get_dirname(path);
 
-		if (fsync(p->fd) == 0 && g_mkdir_with_parents(dir, 0700) == 0 &&
-		    rename(p->tmp_path, path) == 0) {
+		if (fsync(p->fd) == 0 && rename_into_place(p->tmp_path, path)) {
 			g_clear_pointer(&p->tmp_path, g_free);
 			g_mutex_lock(&c->lock);
 			body_stored_locked(c, m->size);

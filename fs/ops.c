@@ -273,7 +273,7 @@ static void fs_getattr(fuse_req_t req, fuse_ino_t ino,
 	fuse_reply_attr(req, &st, timeout);
 }
 
-/* ---- directories ---- */
+/* ---- open handles ---- */
 
 /* Give the kernel @handle as @fi's file handle. */
 static void handle_open(Fs *fs, GHashTable *set, struct fuse_file_info *fi,
@@ -296,6 +296,8 @@ static void handle_release(Fs *fs, GHashTable *set, struct fuse_file_info *fi,
 	g_mutex_unlock(&fs->handles_lock);
 	free_func(handle);
 }
+
+/* ---- directories ---- */
 
 typedef struct {
 	char *name;
@@ -492,8 +494,9 @@ static void fs_readdirplus(fuse_req_t req, fuse_ino_t ino, size_t size,
 static void fs_releasedir(fuse_req_t req, fuse_ino_t ino,
 			  struct fuse_file_info *fi)
 {
-	handle_release(fs_of(req), fs_of(req)->open_dirs, fi,
-		       (GDestroyNotify)dir_handle_free);
+	Fs *fs = fs_of(req);
+
+	handle_release(fs, fs->open_dirs, fi, (GDestroyNotify)dir_handle_free);
 	fuse_reply_err(req, 0);
 }
 
