@@ -308,10 +308,10 @@ def maildir_stats(path):
 # ---- the raw ceiling ----------------------------------------------------------
 
 
-def raw_fetch(dc, folder, timeout):
+def raw_fetch(dc, folder, timeout, items=b"BODY.PEEK[]", port=None):
     """Time a minimal client: implicit TLS, LOGIN, EXAMINE and
-    UID FETCH 1:* (BODY.PEEK[]) sent at once, read until the FETCH's tagged
-    completion (the last thing the server sends), bodies counted and dropped.
+    UID FETCH 1:* (items) sent at once, read until the FETCH's tagged
+    completion (the last thing the server sends), data counted and dropped.
     Returns (seconds from connect to completion, bytes received, CPU
     seconds this client used: near the wall time means the client, not the
     server, is the limit)."""
@@ -319,10 +319,10 @@ def raw_fetch(dc, folder, timeout):
     tag = b"Qz9f"
     cmds = (b'Qz9a LOGIN "%s" "%s"\r\n' % (dc.user.encode(), dc.password.encode())
             + b"Qz9b EXAMINE %s\r\n" % fixture.mailbox_arg(folder).encode()
-            + tag + b" UID FETCH 1:* (BODY.PEEK[])\r\n")
+            + tag + b" UID FETCH 1:* (%s)\r\n" % items)
     t0 = time.monotonic()
     cpu0 = time.process_time()
-    sock = socket.create_connection((dc.host, dc.port_imaps), timeout=timeout)
+    sock = socket.create_connection((dc.host, port or dc.port_imaps), timeout=timeout)
     try:
         s = ctx.wrap_socket(sock, server_hostname=dc.host)
         s.sendall(cmds)
@@ -358,29 +358,8 @@ def raw_fetch(dc, folder, timeout):
     return elapsed, total, cpu
 
 
-def raw_listing(dc, port, folder, timeout):
-    """Seconds from connect to the end of what a listing needs (flags,
-    size, date, subject of every message), asked in one round trip."""
-    ctx = fixture.ssl_context(dc.cafile)
-    cmds = (b'Qz8a LOGIN "%s" "%s"\r\n' % (dc.user.encode(), dc.password.encode())
-            + b"Qz8b EXAMINE %s\r\n" % fixture.mailbox_arg(folder).encode()
-            + b"Qz8c UID FETCH 1:* (UID FLAGS RFC822.SIZE INTERNALDATE "
-              b"BODY.PEEK[HEADER.FIELDS (SUBJECT)])\r\n")
-    t0 = time.monotonic()
-    with socket.create_connection((dc.host, port), timeout=timeout) as sock:
-        s = ctx.wrap_socket(sock, server_hostname=dc.host)
-        s.sendall(cmds)
-        tail = b""
-        while not re.search(rb"(^|\r\n)Qz8c (OK|NO|BAD)[^\r\n]*\r\n$", tail):
-            data = s.recv(1 << 20)
-            if not data:
-                raise BenchError("raw listing: the server closed the connection")
-            tail = (tail + data)[-512:]
-        if b"Qz8c OK" not in tail:
-            raise BenchError("raw listing failed: %r" % tail[-200:])
-        elapsed = time.monotonic() - t0
-        s.close()
-    return elapsed
+# What a listing needs of every message (flags, size, date, subject).
+LISTING_ITEMS = b"UID FLAGS RFC822.SIZE INTERNALDATE BODY.PEEK[HEADER.FIELDS (SUBJECT)]"
 
 
 def raw_session(dc):
@@ -673,9 +652,10 @@ class Bench:
                 # What the link costs a client that asks for the same
                 # listing data in one round trip: the proxy's own way of
                 # delivering bytes is part of the link.
-                local = raw_listing(dc, dc.port_imaps, f["name"], self.args.timeout)
+                local = raw_fetch(dc, f["name"], self.args.timeout, LISTING_ITEMS)[0]
                 w0 = px.server_bytes
-                linked = raw_listing(dc, px.port, f["name"], self.args.timeout)
+                linked = raw_fetch(dc, f["name"], self.args.timeout, LISTING_ITEMS,
+                                   port=px.port)[0]
                 self.record(f["name"], run, "slow_ls_raw", seconds=linked,
                             local_seconds=local, wire_bytes=px.server_bytes - w0)
                 log("  slow link: a raw client's listing fetch %.2f s (%.2f s direct), "
