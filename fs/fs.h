@@ -75,6 +75,9 @@ typedef struct {
 	GMutex poll_lock;
 	GCond poll_cond;
 	gboolean stopping;
+	GMutex mtime_lock;
+	/* ino -> gint64 ns: when the directory's listing last changed */
+	GHashTable *dir_mtimes;
 } Fs;
 
 /* A file that exists only in this mount (local.c). */
@@ -132,6 +135,9 @@ CacheMessage *fs_alias_by_id(Fs *fs, guint64 message_id);
 void fs_invalidate_later(Fs *fs, guint64 folder_id, const char *name);
 
 fuse_ino_t fs_folder_ino(guint64 folder_id);
+/* A directory's mtime: when its listing last changed in this mount (the
+ * mount time until then). */
+void fs_dir_mtime(Fs *fs, fuse_ino_t ino, struct timespec *ts);
 void fs_watch_start(Fs *fs);
 void fs_watch_stop(Fs *fs);
 

@@ -141,7 +141,8 @@ static void folder_stat(Fs *fs, const CacheFolder *f, struct stat *st)
 	st->st_gid = fs->gid;
 	st->st_size = 4096;
 	st->st_blocks = 8;
-	st->st_mtime = st->st_ctime = st->st_atime = fs->mount_time;
+	fs_dir_mtime(fs, (fuse_ino_t)st->st_ino, &st->st_mtim);
+	st->st_ctim = st->st_atim = st->st_mtim;
 }
 
 static void message_stat(Fs *fs, const CacheMessage *m, struct stat *st)
@@ -305,12 +306,17 @@ typedef struct {
 } DirEntry;
 
 /*
- * An open directory: the listing taken at opendir, so that offsets stay
- * valid however the folder changes while it is read. The messages are the
- * folder's own immutable snapshot, held by reference: a copy of 50,000
- * names and stats would be a quarter of the daemon's memory.
+ * An open directory: the listing taken at its first read (offset 0, again
+ * after a rewind), so that offsets stay valid however the folder changes
+ * while it is read. Taken at the read, not at opendir: the kernel checks
+ * the directory's mtime just before it reads, and a listing older than
+ * that mtime could stay in its cache (see dir_touch() in watch.c). The
+ * messages are the folder's own immutable snapshot, held by reference: a
+ * copy of 50,000 names and stats would be a quarter of the daemon's
+ * memory.
  */
 typedef struct {
+	guint64 id; /* the folder; 0 for the root */
 	GArray *head; /* DirEntry: ".", "..", the subfolders */
 	GPtrArray *msgs; /* CacheMessage; NULL for the root */
 	GArray *tail; /* DirEntry: local files */
@@ -336,68 +342,97 @@ static void dir_add(GArray *a, const char *name, const struct stat *st)
 	g_array_append_val(a, d);
 }
 
+static void dir_handle_empty(DirHandle *d)
+{
+	g_clear_pointer(&d->head, g_array_unref);
+	g_clear_pointer(&d->msgs, g_ptr_array_unref);
+	g_clear_pointer(&d->tail, g_array_unref);
+}
+
 static void dir_handle_free(DirHandle *d)
 {
-	g_array_unref(d->head);
-	if (d->msgs)
-		g_ptr_array_unref(d->msgs);
-	g_array_unref(d->tail);
+	dir_handle_empty(d);
 	g_free(d);
 }
 
 G_DEFINE_AUTOPTR_CLEANUP_FUNC(DirHandle, dir_handle_free)
 
-static void fs_opendir(fuse_req_t req, fuse_ino_t ino,
-		       struct fuse_file_info *fi)
+/* Take the listing of the open directory @d now. */
+static gboolean dir_fill(Fs *fs, DirHandle *d, GError **error)
 {
-	Fs *fs = fs_of(req);
-	guint64 id = 0;
-	g_autoptr(DirHandle) d = g_new0(DirHandle, 1);
 	g_autoptr(GPtrArray) children = NULL;
 	g_autoptr(GPtrArray) locals = NULL;
 	g_autoptr(CacheFolder) self = NULL;
 	struct stat st;
 
-	count_op(fs, FS_OP_OPENDIR);
+	dir_handle_empty(d);
 	d->head = dir_entries_new();
 	d->tail = dir_entries_new();
-	if (ino_is_folder(ino)) {
-		id = ino - INO_FOLDER_BASE;
-		self = cache_folder_get(fs->cache, id);
+	if (d->id) {
+		self = cache_folder_get(fs->cache, d->id);
+		/* Gone since opendir: an empty listing, as for a removed
+		 * directory that is still open. */
 		if (!self)
-			return (void)fuse_reply_err(req, ENOENT);
-	} else if (ino != FUSE_ROOT_ID) {
-		return (void)fuse_reply_err(req, ENOTDIR);
+			return TRUE;
 	}
-	fi->cache_readdir = 1;
 	folder_stat(fs, self, &st);
 	dir_add(d->head, ".", &st);
 	dir_add(d->head, "..", &st);
-	children = cache_folder_children(fs->cache, id);
+	children = cache_folder_children(fs->cache, d->id);
 	for (guint i = 0; i < children->len; i++) {
 		folder_stat(fs, children->pdata[i], &st);
 		dir_add(d->head, ((CacheFolder *)children->pdata[i])->name,
 			&st);
 	}
 	if (self && self->selectable) {
-		g_autoptr(GError) error = NULL;
-
-		d->msgs = cache_folder_messages(fs->cache, id, &error);
-		if (!d->msgs)
-			return reply_error(req, error);
-		cache_watch_folder(fs->cache, id);
+		d->msgs = cache_folder_messages(fs->cache, d->id, error);
+		if (!d->msgs) {
+			dir_handle_empty(d);
+			return FALSE;
+		}
 	}
-	locals = fs_local_list(fs, id);
+	locals = fs_local_list(fs, d->id);
 	for (guint i = 0; i < locals->len; i++) {
 		LocalFile *lf = locals->pdata[i];
 
 		fs_local_stat(fs, lf, &st);
 		dir_add(d->tail, lf->name, &st);
 	}
+	return TRUE;
+}
+
+static void fs_opendir(fuse_req_t req, fuse_ino_t ino,
+		       struct fuse_file_info *fi)
+{
+	Fs *fs = fs_of(req);
+	g_autoptr(DirHandle) d = g_new0(DirHandle, 1);
+	g_autoptr(GPtrArray) locals = NULL;
+	g_autoptr(CacheFolder) self = NULL;
+
+	count_op(fs, FS_OP_OPENDIR);
+	if (ino_is_folder(ino)) {
+		d->id = ino - INO_FOLDER_BASE;
+		self = cache_folder_get(fs->cache, d->id);
+		if (!self)
+			return (void)fuse_reply_err(req, ENOENT);
+		/* The folder is brought in step here (a SELECT the first
+		 * time), then watched; readdir takes the listing. */
+		if (self->selectable) {
+			g_autoptr(GPtrArray) msgs = NULL;
+			g_autoptr(GError) error = NULL;
+
+			msgs = cache_folder_messages(fs->cache, d->id, &error);
+			if (!msgs)
+				return reply_error(req, error);
+			cache_watch_folder(fs->cache, d->id);
+		}
+	} else if (ino != FUSE_ROOT_ID) {
+		return (void)fuse_reply_err(req, ENOTDIR);
+	}
 	/* Local files come and go (and hide the messages they stand for):
 	 * don't let the kernel keep the listing of a folder that has some. */
-	if (locals->len)
-		fi->cache_readdir = 0;
+	locals = fs_local_list(fs, d->id);
+	fi->cache_readdir = locals->len == 0;
 	fi->keep_cache = fi->cache_readdir;
 	handle_open(fs, fs->open_dirs, fi, g_steal_pointer(&d));
 	fuse_reply_open(req, fi);
@@ -443,13 +478,21 @@ static void do_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 		       struct fuse_file_info *fi, gboolean plus)
 {
 	Fs *fs = fs_of(req);
-	const DirHandle *d = (const DirHandle *)(uintptr_t)fi->fh;
-	g_autofree char *buf = g_malloc(size);
+	DirHandle *d = (DirHandle *)(uintptr_t)fi->fh;
+	g_autofree char *buf = NULL;
 	size_t used = 0;
 	const char *name;
 	struct stat st;
 
 	count_op(fs, FS_OP_READDIR);
+	/* The kernel reads one open directory one request at a time. */
+	if (off == 0 || !d->head) {
+		g_autoptr(GError) error = NULL;
+
+		if (!dir_fill(fs, d, &error))
+			return reply_error(req, error);
+	}
+	buf = g_malloc(size);
 	for (gsize i = (gsize)off; dir_entry_at(fs, d, i, &name, &st); i++) {
 		size_t n;
 

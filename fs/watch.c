@@ -29,6 +29,49 @@ static void inval_free(Inval *j)
 	g_free(j);
 }
 
+/*
+ * A listing that changed gets a new mtime before the kernel hears of it.
+ * The kernel keeps a directory's listing (cache_readdir) with the mtime it
+ * had when the listing was read, and reads it again at the next opendir
+ * if the mtime differs. That closes a race the invalidation alone leaves
+ * open: a listing read just before the change but put into the kernel's
+ * cache just after the invalidation would otherwise stay there, stale,
+ * until the next change.
+ */
+static void dir_touch(Fs *fs, fuse_ino_t ino)
+{
+	gint64 now = g_get_real_time() * 1000;
+	gint64 *last;
+
+	g_mutex_lock(&fs->mtime_lock);
+	last = g_hash_table_lookup(fs->dir_mtimes, &ino);
+	if (!last) {
+		last = g_new(gint64, 1);
+		*last = 0;
+		g_hash_table_insert(fs->dir_mtimes,
+				    g_memdup2(&ino, sizeof(ino)), last);
+	}
+	/* Strictly later, even within the clock's resolution. */
+	*last = MAX(now, *last + 1);
+	g_mutex_unlock(&fs->mtime_lock);
+}
+
+void fs_dir_mtime(Fs *fs, fuse_ino_t ino, struct timespec *ts)
+{
+	gint64 ns = (gint64)fs->mount_time * 1000000000;
+	const gint64 *last;
+
+	if (fs->dir_mtimes) {
+		g_mutex_lock(&fs->mtime_lock);
+		last = g_hash_table_lookup(fs->dir_mtimes, &ino);
+		if (last)
+			ns = *last;
+		g_mutex_unlock(&fs->mtime_lock);
+	}
+	ts->tv_sec = (time_t)(ns / 1000000000);
+	ts->tv_nsec = (long)(ns % 1000000000);
+}
+
 static gpointer inval_thread(gpointer data)
 {
 	Fs *fs = data;
@@ -47,6 +90,7 @@ static gpointer inval_thread(gpointer data)
 							 name, strlen(name));
 		}
 		/* The listing itself (cached with cache_readdir). */
+		dir_touch(fs, j->parent);
 		fuse_lowlevel_notify_inval_inode(fs->se, j->parent, 0, 0);
 		inval_free(j);
 	}
@@ -159,6 +203,9 @@ static gpointer poll_thread(gpointer data)
 
 void fs_watch_start(Fs *fs)
 {
+	g_mutex_init(&fs->mtime_lock);
+	fs->dir_mtimes = g_hash_table_new_full(g_int64_hash, g_int64_equal,
+					       g_free, g_free);
 	fs->inval = g_async_queue_new();
 	fs->inval_later = g_async_queue_new();
 	g_mutex_init(&fs->poll_lock);
@@ -190,4 +237,6 @@ void fs_watch_stop(Fs *fs)
 	g_async_queue_unref(fs->inval);
 	g_mutex_clear(&fs->poll_lock);
 	g_cond_clear(&fs->poll_cond);
+	g_clear_pointer(&fs->dir_mtimes, g_hash_table_unref);
+	g_mutex_clear(&fs->mtime_lock);
 }

@@ -15,8 +15,9 @@ changes the server, and the test watches the mount:
   polled    a folder in use but not the one watched sees a new message
             and an expunge within the poll interval (-o poll=3) + 2 s;
   folders   folders created, deleted and renamed by the other client appear
-            and disappear in the tree within poll + 2 s, and the old names
-            stop resolving;
+            and disappear in the tree within poll + 2 s while a thread lists
+            the root without pause, the old names stop resolving and the
+            root's mtime moves (the watched folder's too, with a new message);
   open      a message expunged while a file is open: every read of the
             open file returns the message's bytes or fails with an errno,
             never an empty or a different message; a fresh open fails
@@ -48,6 +49,7 @@ runs only those.  Python standard library only.
 import errno
 import os
 import sys
+import threading
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -191,11 +193,15 @@ def test_watched():
         listing(pb)  # LiveB in use too (for the move)
         first = listing(pa)  # LiveA last: the watched folder
         T.eq(sorted(first), uids, "the mount lists LiveA as the server has it")
+        before = os.stat(pa).st_mtime_ns
 
         data = make_message("Arrived while watching")
         new = other.append(a, data)
         if timely(lambda: new in listing(pa), WATCH_LIMIT,
                   "a message appended by another client is listed"):
+            after = os.stat(pa).st_mtime_ns
+            T.check(after > before, "the folder's mtime moved with its listing",
+                    expected="> %d" % before, seen=after)
             path = os.path.join(pa, listing(pa)[new])
             with open(path, "rb") as fh:
                 got = fh.read()
@@ -256,16 +262,42 @@ def test_polled():
     other.close()
 
 
+class Lister:
+    """Lists a directory over and over from a thread of its own: a listing
+    read while a change comes in must not stay in the kernel's cache."""
+
+    def __init__(self, path):
+        self.path = path
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        while not self.stop.is_set():
+            try:
+                os.listdir(self.path)
+            except OSError:
+                time.sleep(0.01)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join()
+
+
 def test_folders():
     other = Other()
     gone, old, new, made = "LiveGone", "LiveOld", "LiveRenamed", "LiveMade"
     seed(other, gone, 1)
     old_uids = sorted(seed(other, old, 2))
-    with mounted() as m:
+    with mounted() as m, Lister(m.path):
         root = m.path
         T.check({gone, old} <= set(os.listdir(root)), "the root lists %s and %s" % (gone, old))
         listing(m.p(old))
         os.stat(m.p(gone))
+        before = os.stat(root).st_mtime_ns
         other.delete(gone)
         other.rename(old, new)
         try:
@@ -281,6 +313,9 @@ def test_folders():
                "a folder renamed by another client shows under its new name only")
         timely(lambda: made in os.listdir(root), POLL_LIMIT,
                "a folder created by another client appears")
+        after = os.stat(root).st_mtime_ns
+        T.check(after > before, "the root's mtime moved with its listing",
+                expected="> %d" % before, seen=after)
         T.eq((errno_name(stat_errno(m.p(gone))), errno_name(stat_errno(m.p(old)))),
              ("ENOENT", "ENOENT"), "the deleted and the old name no longer resolve (stat)")
         if os.path.isdir(m.p(new)):
