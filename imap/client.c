@@ -187,9 +187,11 @@ ImapCounters imap_client_connection_counters(ImapClient *client, guint index)
 /*
  * Pick a connection: one that will have the command's mailbox selected,
  * else an idle one, else a new one while under the limit, else the least
- * loaded. Commands without a mailbox go to the least loaded.
+ * loaded. Commands without a mailbox go to the least loaded. Connections
+ * the server turned away (set aside for a while) only when there is no
+ * other.
  */
-static ImapConn *client_pick_locked(ImapClient *client, ImapCommand *cmd)
+ImapConn *imap_client_pick_locked(ImapClient *client, const ImapCommand *cmd)
 {
 	const char *mailbox =
 		cmd ? (cmd->mailbox ? cmd->mailbox : cmd->selects) : NULL;
@@ -197,6 +199,7 @@ static ImapConn *client_pick_locked(ImapClient *client, ImapCommand *cmd)
 	 * prefetched bodies: it takes a connection without bulk work, even
 	 * if that costs a SELECT there. */
 	gboolean avoid_bulk = cmd && !cmd->bulk;
+	gint64 now = g_get_monotonic_time();
 	ImapConn *best = NULL;
 
 	if (mailbox) {
@@ -205,6 +208,7 @@ static ImapConn *client_pick_locked(ImapClient *client, ImapCommand *cmd)
 
 			if (g_strcmp0(imap_conn_route_mailbox_locked(c),
 				      mailbox) == 0 &&
+			    imap_conn_usable_locked(c, now) &&
 			    !(avoid_bulk && imap_conn_bulk_load_locked(c)))
 				return c;
 		}
@@ -212,19 +216,26 @@ static ImapConn *client_pick_locked(ImapClient *client, ImapCommand *cmd)
 	for (guint i = 0; i < client->conns->len; i++) {
 		ImapConn *c = client->conns->pdata[i];
 
-		if (avoid_bulk && imap_conn_bulk_load_locked(c))
+		if ((avoid_bulk && imap_conn_bulk_load_locked(c)) ||
+		    !imap_conn_usable_locked(c, now))
 			continue;
 		if (!best ||
 		    imap_conn_load_locked(c) < imap_conn_load_locked(best))
 			best = c;
 	}
 	if (!best && client->conns->len >= client->config.max_connections) {
-		/* Every connection has bulk work: the least loaded. */
+		/* Every connection has bulk work or was set aside: the least
+		 * loaded, a usable one first. */
 		for (guint i = 0; i < client->conns->len; i++) {
 			ImapConn *c = client->conns->pdata[i];
+			gboolean usable = imap_conn_usable_locked(c, now);
+			gboolean best_usable =
+				best && imap_conn_usable_locked(best, now);
 
-			if (!best || imap_conn_load_locked(c) <
-					     imap_conn_load_locked(best))
+			if (!best || (usable && !best_usable) ||
+			    (usable == best_usable &&
+			     imap_conn_load_locked(c) <
+				     imap_conn_load_locked(best)))
 				best = c;
 		}
 	}
@@ -247,7 +258,7 @@ static void client_submit_flight(ImapClient *client, ImapFlight *f)
 		imap_flight_finish(f, NULL, e);
 		return;
 	}
-	imap_conn_enqueue_locked(client_pick_locked(client, f->cmd), f);
+	imap_conn_enqueue_locked(imap_client_pick_locked(client, f->cmd), f);
 	g_mutex_unlock(&client->lock);
 }
 

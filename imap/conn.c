@@ -30,6 +30,8 @@
 #define SHORT_BACKOFF_US (1000 * 1000)
 /* A connection lost this soon after it was made counts as a failure. */
 #define QUICK_DEATH_US (2 * G_USEC_PER_SEC)
+/* A connection the server turned away is not tried again for so long. */
+#define SET_ASIDE_US (60 * G_USEC_PER_SEC)
 
 typedef enum {
 	CONN_DISCONNECTED,
@@ -58,6 +60,8 @@ struct _ImapConn {
 	guint bulk_load; /* of which bulk (prefetches) */
 	ImapCounters counters; /* this connection's share */
 	char *route_mailbox;
+	gboolean logged_in; /* at least once */
+	gint64 aside_until; /* turned away by the server: not picked */
 
 	/* I/O thread only. */
 	ConnState state;
@@ -1630,6 +1634,53 @@ static gboolean conn_take_submitted(ImapConn *conn)
 	return shutdown;
 }
 
+/*
+ * The server turned this connection away (a limit of connections per user
+ * that other clients have used up, say: Dovecot answers NO [LIMIT]) while
+ * another connection of the account has logged in: that is no reason to
+ * fail what waited for this one. The slot is set aside for a while and
+ * its commands go to the connections that work. FALSE when it cannot be
+ * (no other connection, or the network is the problem).
+ */
+static gboolean conn_set_aside(ImapConn *conn, const GError *error)
+{
+	ImapClient *client = conn->client;
+	gint64 now = g_get_monotonic_time();
+	gboolean other = FALSE;
+	ImapFlight *f;
+
+	if (imap_error_is_network(error) &&
+	    !g_error_matches(error, IMAP_ERROR, IMAP_ERROR_BYE))
+		return FALSE;
+	g_mutex_lock(&client->lock);
+	for (guint i = 0; i < client->conns->len; i++) {
+		ImapConn *c = client->conns->pdata[i];
+
+		if (c != conn && c->logged_in &&
+		    imap_conn_usable_locked(c, now))
+			other = TRUE;
+	}
+	if (!other || client->shutting_down) {
+		g_mutex_unlock(&client->lock);
+		return FALSE;
+	}
+	g_debug("conn %u: set aside for %d s: %s", conn->id,
+		(int)(SET_ASIDE_US / G_USEC_PER_SEC), error->message);
+	conn->aside_until = now + SET_ASIDE_US;
+	g_clear_pointer(&conn->route_mailbox, g_free);
+	while ((f = g_queue_pop_head(&conn->submitted)))
+		g_queue_push_tail(&conn->pending, f);
+	while ((f = g_queue_pop_head(&conn->pending))) {
+		conn->load--;
+		if (f->cmd && f->cmd->bulk)
+			conn->bulk_load--;
+		imap_conn_enqueue_locked(
+			imap_client_pick_locked(client, f->cmd), f);
+	}
+	g_mutex_unlock(&client->lock);
+	return TRUE;
+}
+
 static gboolean conn_ensure_connected(ImapConn *conn)
 {
 	g_autoptr(GError) error = NULL;
@@ -1642,7 +1693,8 @@ static gboolean conn_ensure_connected(ImapConn *conn)
 		 * try again. After repeated failures the server is known to
 		 * be unreachable: fail fast until the next attempt. */
 		if (conn->next_connect_at - now > SHORT_BACKOFF_US) {
-			conn_fail_pending(conn, conn->connect_error);
+			if (!conn_set_aside(conn, conn->connect_error))
+				conn_fail_pending(conn, conn->connect_error);
 			return FALSE;
 		}
 		g_usleep((gulong)(conn->next_connect_at - now));
@@ -1650,6 +1702,10 @@ static gboolean conn_ensure_connected(ImapConn *conn)
 	}
 	for (guint attempt = 0;; attempt++) {
 		if (conn_setup(conn, &error)) {
+			g_mutex_lock(&conn->client->lock);
+			conn->logged_in = TRUE;
+			conn->aside_until = 0;
+			g_mutex_unlock(&conn->client->lock);
 			conn->connected_at = g_get_monotonic_time();
 			conn->answered = FALSE;
 			conn->backoff_ms = 0;
@@ -1675,7 +1731,8 @@ static gboolean conn_ensure_connected(ImapConn *conn)
 	}
 	/* No retry of the idempotent ones either: the server is out of
 	 * reach or refuses us. */
-	conn_fail_pending(conn, error);
+	if (!conn_set_aside(conn, error))
+		conn_fail_pending(conn, error);
 	return FALSE;
 }
 
@@ -1932,6 +1989,11 @@ guint imap_conn_bulk_load_locked(const ImapConn *conn)
 const char *imap_conn_route_mailbox_locked(const ImapConn *conn)
 {
 	return conn->route_mailbox;
+}
+
+gboolean imap_conn_usable_locked(const ImapConn *conn, gint64 now)
+{
+	return now >= conn->aside_until;
 }
 
 void imap_conn_free(ImapConn *conn)

@@ -143,11 +143,12 @@ guint imap_conn_bulk_load_locked(const ImapConn *conn);
 /* The mailbox the connection will have selected once its queue has run
  * (client->lock held); NULL for none. */
 const char *imap_conn_route_mailbox_locked(const ImapConn *conn);
+/* Not set aside after the server turned it away (client->lock held). */
+gboolean imap_conn_usable_locked(const ImapConn *conn, gint64 now);
+/* The connection for @cmd (client.c; client->lock held). */
+ImapConn *imap_client_pick_locked(ImapClient *client, const ImapCommand *cmd);
 /* Fail everything with IMAP_ERROR_CANCELLED, log out, join the thread. */
 void imap_conn_free(ImapConn *conn);
-/* Run the connection setup now and report its result (for
- * imap_client_connect). Blocks the caller, not the I/O thread. */
-gboolean imap_conn_connect_sync(ImapConn *conn, GError **error);
 
 void imap_flight_finish(ImapFlight *flight, ImapResult *result,
 			const GError *error);

@@ -40,7 +40,11 @@ changes the server, and the test watches the mount:
             reconnects, so a new message shows again;
   switch    the watch moves to another folder after its IDLE was silent
             for longer than the timeout: the DONE is not taken for a dead
-            server, and the new folder's changes show within 2 s.
+            server, and the new folder's changes show within 2 s;
+  crowded   other clients hold all but two of the connections the server
+            allows the user (Dovecot's mail_max_userip_connections): reads in
+            three folders at once, which make the pool open more connections
+            that the server refuses, all return their messages.
 
 TAP output; `1..0 # SKIP` when not runnable.  IMAPFS_E2E_ONLY=open,folders
 runs only those.  Python standard library only.
@@ -610,8 +614,68 @@ def test_switch():
     other.close()
 
 
+def test_crowded():
+    other = Other()
+    raws = ["LiveCrowd%d" % i for i in range(3)]
+    bodies = {}
+    for raw in raws:
+        other.create(raw)
+        for i in range(2):
+            data = make_message("%s %d" % (raw, i), "A read in a crowded account.\r\n" * 300)
+            bodies[(raw, other.append(raw, data))] = data
+    hogs = []
+    try:
+        # Other clients take every connection the server allows this user
+        # (Dovecot: mail_max_userip_connections), then give two back: one for
+        # the mount's first connection and one more.
+        refused = None
+        while len(hogs) < 64 and refused is None:
+            try:
+                hogs.append(Server())
+            except Exception as e:  # imaplib's error: NO [LIMIT]
+                refused = e
+        if refused is None:
+            T.skip("crowded: the pool keeps working", "the server took 64 connections")
+            return
+        T.diag("crowded: other clients hold %d connections; the next one: %s" % (
+            len(hogs) + 1, refused))
+        for s in hogs[:2]:
+            s.close()
+        del hogs[:2]
+        time.sleep(0.5)
+        with mounted(["max_connections=3"]) as m:
+            names = {raw: listing(m.p(raw)) for raw in raws}
+            results = {}
+
+            def read(key):
+                raw, uid = key
+                try:
+                    results[key] = read_all(os.path.join(m.p(raw), names[raw][uid]))
+                except OSError as e:
+                    results[key] = e
+
+            threads = [threading.Thread(target=read, args=(k,)) for k in bodies]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(60)
+            bad = {"%s/%d" % k: (errno_name(v.errno) if isinstance(v, OSError)
+                                 else "%d bytes" % len(v))
+                   for k, v in results.items() if v != bodies[k]}
+            T.check(len(results) == len(bodies) and not bad,
+                    "%d reads at once, in %d folders, with the server refusing the mount's "
+                    "extra connections: every read returns the message" % (
+                        len(bodies), len(raws)),
+                    expected="%d byte-exact reads" % len(bodies),
+                    seen=bad or "%d of %d reads ended" % (len(results), len(bodies)))
+    finally:
+        for s in hogs:
+            s.close()
+        other.close()
+
+
 TESTS = [test_watched, test_polled, test_folders, test_open, test_quiet, test_notify,
-         test_generation, test_asleep, test_switch]
+         test_generation, test_asleep, test_switch, test_crowded]
 
 
 if __name__ == "__main__":
