@@ -212,7 +212,9 @@ class Ctx:
     """What a callable action sees."""
 
     def __init__(self, session, cmd):
-        self.session, self.cmd, self.tag = session, cmd, cmd.tag
+        # cmd is None for the greeting
+        self.session, self.cmd = session, cmd
+        self.tag = cmd.tag if cmd else b"*"
         self.server = session.server
         self.script = session.server.script
         self.conn = session.number

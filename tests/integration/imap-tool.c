@@ -341,7 +341,9 @@ static int op_counters(void)
 	return 0;
 }
 
-/* Many commands at once through imap_client_submit(): they pipeline. */
+/* Many commands at once through imap_client_submit(): they pipeline. With
+ * more than one folder, command i goes to folder i modulo their number
+ * (commands for other mailboxes make the pool open more connections). */
 typedef struct {
 	gint left;
 	gint failed;
@@ -363,9 +365,8 @@ static void batch_done_cb(ImapResult *result, const GError *error,
 	imap_result_free(result);
 }
 
-static int op_pipeline(const char *folder, const char *n_str)
+static int op_pipeline(char **folders, int nfolders, const char *n_str)
 {
-	g_autofree char *raw = raw_name(folder);
 	int n = atoi(n_str);
 	Batch b = {.left = n};
 	ImapCounters before = imap_client_counters(client);
@@ -374,7 +375,8 @@ static int op_pipeline(const char *folder, const char *n_str)
 	g_mutex_init(&b.lock);
 	g_cond_init(&b.cond);
 	for (int i = 0; i < n; i++) {
-		g_autofree char *uid = g_strdup_printf("%d", i + 1);
+		g_autofree char *raw = raw_name(folders[i % nfolders]);
+		g_autofree char *uid = g_strdup_printf("%d", i / nfolders + 1);
 		g_autoptr(ImapCommand) cmd =
 			imap_cmd_uid_fetch(raw, 0, uid, "UID FLAGS", 0);
 
@@ -596,8 +598,16 @@ static int run_op(char **a, int n)
 		NEED(1);
 		rc = run_simple(op, imap_cmd_simple(a[1]), &error);
 	} else if (g_str_equal(op, "pipeline")) {
-		NEED(2);
-		rc = op_pipeline(a[1], a[2]);
+		/* pipeline FOLDER N [FOLDER...] */
+		g_autoptr(GPtrArray) folders = g_ptr_array_new();
+
+		if (n < 3)
+			g_error("pipeline takes FOLDER N [FOLDER...]");
+		g_ptr_array_add(folders, a[1]);
+		for (int k = 3; k < n; k++)
+			g_ptr_array_add(folders, a[k]);
+		rc = op_pipeline((char **)folders->pdata, (int)folders->len,
+				 a[2]);
 	} else if (g_str_equal(op, "search")) {
 		NEED(2);
 		rc = op_search(a[1], a[2], &error);

@@ -487,6 +487,50 @@ case("bye-mid-literal",
          b"* 1 FETCH (UID 1 BODY[] {64}\r\n* BYE going away\r\n", CLOSE])]}),
      tool=[("connect", OK), ("body INBOX 1", ERR + "!"), ("body INBOX 2", ANY)])
 
+# -- connections turned away: the first one works, the server refuses more
+# (a limit of connections per user that other clients have used up)
+
+
+def three_folders(**kw):
+    return Script(folders=fs.default_folders() + [
+        Folder(b"Second", [Msg(1, b"Subject: in Second\r\n\r\nbody\r\n")]),
+        Folder(b"Third", [Msg(1, b"Subject: in Third\r\n\r\nbody\r\n")])], **kw)
+
+
+def first_only(actions):
+    return lambda ctx: [DEFAULT] if ctx.conn == 1 else actions
+
+
+def pipeline_ok(results, server):
+    done = [r for r in results if r.get("op") == "pipeline"]
+    if not done or done[0].get("failed") != 0:
+        return ["the pipeline over three folders lost commands to refused connections: %r"
+                % (done,)]
+    if server.connections < 2:
+        return ["the pool never tried a second connection (%d)" % server.connections]
+    return []
+
+
+SPREAD = ("pipeline INBOX 6 Second Third", OK)
+
+LIMIT_NO = first_only([b"@TAG@ NO [LIMIT] Maximum number of connections from user+IP "
+                       b"exceeded\r\n"])
+
+case("limit-extra-connections",
+     "LOGIN or AUTHENTICATE on every connection but the first: NO [LIMIT] Maximum number of "
+     "connections",
+     lambda: three_folders(on={"LOGIN": LIMIT_NO, "AUTHENTICATE": LIMIT_NO}),
+     tool=[("connect", OK), SPREAD, ("body INBOX 1", OK)],
+     mount="ok", must_read=(1, 2), check_tool=pipeline_ok)
+
+case("bye-greeting-extra-connections",
+     "every connection but the first is greeted with '* BYE Too many connections' and closed",
+     lambda: three_folders(greeting=[lambda ctx: [
+         b"* OK [CAPABILITY " + fs.DEFAULT_CAPS.encode() + b"] fake IMAP ready\r\n"]
+         if ctx.conn == 1 else [b"* BYE Too many connections\r\n", CLOSE]]),
+     tool=[("connect", OK), SPREAD, ("body INBOX 1", OK)],
+     mount="ok", must_read=(1, 2), check_tool=pipeline_ok)
+
 case("close-after-greeting",
      "the server greets and closes",
      lambda: Script(greeting=[b"* OK [CAPABILITY IMAP4rev1 AUTH=PLAIN] hi\r\n", CLOSE]),
