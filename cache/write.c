@@ -71,16 +71,41 @@ static void snapshot_change_locked(Cache *c, guint64 folder_id,
 	cache_install_messages_locked(c, st, msgs, st->uidvalidity);
 }
 
-/* The destination learns a message it has not synced yet: only if its
- * snapshot is of the same UIDVALIDITY, else its next sync fetches it. */
+/* The highest UID in the folder's snapshot (0 for none). */
+static guint32 max_uid_locked(Cache *c, guint64 folder_id)
+{
+	FolderState *st = g_hash_table_lookup(c->states, &folder_id);
+	guint32 max = 0;
+
+	for (guint i = 0; st && st->msgs && i < st->msgs->len; i++)
+		max = MAX(max, ((CacheMessage *)st->msgs->pdata[i])->uid);
+	return max;
+}
+
+/*
+ * The destination learns a message it has not synced yet, by the UID the
+ * server gave (APPENDUID, COPYUID): only if its snapshot is of the same
+ * UIDVALIDITY, and only if the UID is new. A new message's UID is above
+ * every UID the folder had (RFC 3501 2.3.1.1): one at or below @above is
+ * the server's mistake, and taking it would put these bytes under another
+ * message's name, for good. NULL then: the next sync finds the message.
+ */
 static CacheMessage *add_known_locked(Cache *c, guint64 folder_id,
-				      guint32 uidvalidity, const Meta *meta)
+				      guint32 uidvalidity, guint32 above,
+				      const Meta *meta)
 {
 	FolderState *st = g_hash_table_lookup(c->states, &folder_id);
 	CacheMessage *m;
 
 	if (!st || !st->msgs || st->uidvalidity != uidvalidity)
 		return NULL;
+	if (meta->uid <= above) {
+		g_warning("the server named UID %u for a new message, but "
+			  "the folder already had UIDs up to %u; the next "
+			  "sync finds the message instead",
+			  meta->uid, above);
+		return NULL;
+	}
 	m = cache_insert_message_locked(c, folder_id, uidvalidity, meta);
 	snapshot_change_locked(c, folder_id, NULL, m);
 	return m;
@@ -303,6 +328,26 @@ static gboolean move_set_locked(Cache *c, GPtrArray *msgs, guint64 dest_id,
 			return FALSE;
 		}
 	}
+	/* The UIDs the destination had before: the copies' are above. And a
+	 * UID the server names for two copies is taken for neither. */
+	g_mutex_lock(&c->lock);
+	guint32 above = max_uid_locked(c, dest_id);
+	g_mutex_unlock(&c->lock);
+	g_autoptr(GHashTable) named = g_hash_table_new(NULL, NULL);
+
+	for (guint i = 0; i < msgs->len; i++) {
+		CacheMessage *m = msgs->pdata[i];
+		guint32 uv = 0, uid = 0;
+		gpointer key;
+		guint n;
+
+		if (!find_copyuid(r, &uv, m->uid, &uid))
+			continue;
+		key = GUINT_TO_POINTER(uid);
+		n = GPOINTER_TO_UINT(g_hash_table_lookup(named, key));
+		g_hash_table_insert(named, key, GUINT_TO_POINTER(n + 1));
+	}
+
 	for (guint i = 0; i < msgs->len; i++) {
 		CacheMessage *m = msgs->pdata[i];
 		guint32 new_uv = 0, new_uid = 0;
@@ -310,7 +355,9 @@ static gboolean move_set_locked(Cache *c, GPtrArray *msgs, guint64 dest_id,
 
 		forget(c, m, hidden);
 		/* The index learns the copy, and its body moves along. */
-		if (find_copyuid(r, &new_uv, m->uid, &new_uid)) {
+		if (find_copyuid(r, &new_uv, m->uid, &new_uid) &&
+		    GPOINTER_TO_UINT(g_hash_table_lookup(
+			    named, GUINT_TO_POINTER(new_uid))) == 1) {
 			Meta meta = {.uid = new_uid,
 				     .has = IMAP_FETCH_HAS_SIZE |
 					    IMAP_FETCH_HAS_INTERNALDATE,
@@ -322,9 +369,12 @@ static gboolean move_set_locked(Cache *c, GPtrArray *msgs, guint64 dest_id,
 			g_autofree char *old_path = cache_body_path(c, m);
 
 			g_mutex_lock(&c->lock);
-			moved = add_known_locked(c, dest_id, new_uv, &meta);
+			moved = add_known_locked(c, dest_id, new_uv, above,
+						 &meta);
 			g_mutex_unlock(&c->lock);
-			if (moved) {
+			if (!moved) {
+				cache_folder_mark_stale(c, dest_id);
+			} else {
 				g_autofree char *new_path =
 					cache_body_path(c, moved);
 				g_autofree char *dir =
@@ -924,10 +974,13 @@ static CacheMessage *append_locked(Cache *c, guint64 folder_id,
 		meta.subject = g_bytes_new(data, hend ? (gsize)(hend - data) + 4
 						      : len);
 		g_mutex_lock(&c->lock);
-		m = add_known_locked(c, folder_id, uidvalidity, &meta);
+		m = add_known_locked(c, folder_id, uidvalidity,
+				     max_uid_locked(c, folder_id), &meta);
 		g_mutex_unlock(&c->lock);
 		g_bytes_unref(meta.subject);
-		if (m) {
+		if (!m) {
+			cache_folder_mark_stale(c, folder_id);
+		} else {
 			/* We have the bytes: the body is cached at once. */
 			g_autofree char *path = cache_body_path(c, m);
 			g_autofree char *dir = g_path_get_dirname(path);

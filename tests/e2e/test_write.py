@@ -45,6 +45,7 @@ are printed.
 
 import calendar
 import os
+import re
 import shutil
 import stat
 import sys
@@ -96,6 +97,13 @@ def tool(args, timeout=60, **kw):
 def tool_seen(r):
     return "status %s, stderr %r" % (r.returncode, short((r.stderr or b"").decode(
         "utf-8", "replace").strip(), 300))
+
+
+def read_uncached(path):
+    """The file's bytes from the daemon, not from the kernel's page cache."""
+    with open(path, "rb", buffering=0) as f:
+        os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+    return read_bytes(path)
 
 
 def read_bytes(path):
@@ -1309,6 +1317,70 @@ def test_batch():
         view_check(w, m, DST, DST, "after the batch mv")
 
 
+# ---- a server that names old UIDs for new messages ----------------------------------------
+
+
+def test_lying():
+    """After an APPEND (APPENDUID) and a MOVE (COPYUID) the server names a UID
+    the folder already has: the new bytes must not end up under the old
+    message's name, and the new message must still show, byte-exact."""
+    s = Srv(**env_conf())
+    A, SRC, DST = "LieAppend", "LieMoveSrc", "LieMoveDst"
+    old = {}
+    for raw in (A, SRC, DST):
+        s.create(raw)
+        for i in range(2):
+            data = make_message("%s old %d" % (raw, i), b"An old message.\r\n", BASE + 60 * i)
+            old.setdefault(raw, {})[s.add(raw, data, date=BASE + 60 * i)] = data
+    moving = make_message("LieMoveSrc moving", b"The one that moves.\r\n", BASE + 600)
+    s.add(SRC, moving, date=BASE + 600)
+    lies = []
+
+    def lie(data):
+        # the tagged OK of an APPEND, the untagged OK of a MOVE: the new
+        # message's UID becomes the folder's first one
+        def app(mo):
+            lies.append("APPENDUID")
+            return b"[APPENDUID %s %d]" % (mo.group(1), min(old[A]))
+
+        def cop(mo):
+            lies.append("COPYUID")
+            return b"[COPYUID %s %s %d]" % (mo.group(1), mo.group(2), min(old[DST]))
+        data = re.sub(rb"\[APPENDUID (\d+) (\d+)\]", app, data)
+        return re.sub(rb"\[COPYUID (\d+) (\S+) (\d+)\]", cop, data)
+
+    px = recording_proxy()
+    with rec_mount(px) as m:
+        names = {raw: listing(m, raw)[0] for raw in (A, SRC, DST)}
+        for raw in (A, SRC, DST):  # every body is cached, the moving one too
+            for uid in names[raw]:
+                read_bytes(m.p(raw, names[raw][uid]))
+        px.rewrite = lie
+        new = make_message("LieAppend new", b"Written through the mount.\r\n", BASE + 900)
+        with open(m.p(A, "new.eml"), "wb") as f:
+            f.write(new)
+        mv = tool(["mv", m.p(SRC, names[SRC][max(names[SRC])]), m.p(DST)])
+        T.check(mv.returncode == 0, "mv of a message into %s succeeds" % DST,
+                expected="status 0", seen=tool_seen(mv))
+        listing(m, DST)  # the batched move goes out
+        px.rewrite = None
+        T.eq(sorted(set(lies)), ["APPENDUID", "COPYUID"],
+             "the server's answers named an old UID (the proxy rewrote them)")
+        for raw, arrived in ((A, new), (DST, moving)):
+            srv = {uid: s.body(raw, uid) for uid in s.metadata(raw)}
+            uids, odd, _ = listing(m, raw)
+            got = {uid: read_uncached(m.p(raw, name)) for uid, name in uids.items()}
+            T.eq(sorted(uids), sorted(srv), "%s lists the server's UIDs" % raw)
+            T.check(all(got.get(u) == srv[u] for u in srv),
+                    "%s: every message reads as the server has it (the old ones too)" % raw,
+                    expected="byte-exact",
+                    seen=sorted(u for u in srv if got.get(u) != srv[u]))
+            T.check(sum(1 for b in got.values() if b == crlf(arrived)) == 1,
+                    "%s: the new message shows once" % raw, expected=1,
+                    seen=sum(1 for b in got.values() if b == crlf(arrived)))
+    s.close()
+
+
 # ---- the whole run: what imapfs sent ------------------------------------------------------
 
 
@@ -1339,7 +1411,7 @@ def test_sent():
 
 
 TESTS = [test_ops, test_readonly, test_fallback, test_editors, test_faults, test_rsync,
-         test_batch, test_sent]
+         test_batch, test_lying, test_sent]
 BUDGET = 480.0
 
 
