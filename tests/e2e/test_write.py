@@ -1,6 +1,7 @@
 """End-to-end tests of changing mail through the imapfs mount: mv, rm,
 mkdir, rmdir, folder renames, cp-in (APPEND), editors' saves, flags, -o ro,
-the MOVE/UIDPLUS fallbacks, cut connections, rsync restore, batch moves.
+the MOVE/UIDPLUS fallbacks, cut connections, rsync restore, batch moves,
+a server that names old UIDs for new messages.
 
 Run under the fixture:
 
@@ -36,6 +37,9 @@ Tests (IMAPFS_E2E_ONLY=ops,editors runs only those):
             a third into the literal of a 5 MB APPEND and of a rewrite.
   rsync     rsync -a of 1,000 messages into a new folder; prints throughput.
   batch     mv of 50 messages with a glob; prints the IMAP commands used.
+  lying     a proxy rewrites the APPENDUID of a cp-in and the COPYUID of a mv
+            to a UID the folder already has: every message still reads as
+            the server has it, and the new ones show once.
   sent      no recorded session ever sent a bare EXPUNGE or a CLOSE.
 
 TAP output.
