@@ -165,10 +165,16 @@ static GBytes *subject_of_row(Cache *c, guint64 id)
 	return out;
 }
 
-static gboolean find_copyuid(const ImapResult *r, guint32 *uidvalidity_out,
-			     guint32 src, guint32 *dst_out)
+/*
+ * The COPYUID of a copy or move, decoded once: source UID -> destination
+ * UID. A destination UID named for two sources is left out for both (the
+ * server is wrong about one of them, and we cannot tell which).
+ */
+static GHashTable *copyuid_map(const ImapResult *r, guint32 *uidvalidity_out)
 {
 	g_autoptr(GArray) pairs = NULL;
+	g_autoptr(GHashTable) named = g_hash_table_new(NULL, NULL);
+	GHashTable *map = g_hash_table_new(NULL, NULL);
 
 	if (!imap_decode_copyuid(r->tagged, uidvalidity_out, &pairs, NULL)) {
 		for (guint i = 0; !pairs && i < r->untagged->len; i++)
@@ -176,12 +182,23 @@ static gboolean find_copyuid(const ImapResult *r, guint32 *uidvalidity_out,
 					    uidvalidity_out, &pairs, NULL);
 	}
 	for (guint i = 0; pairs && i + 1 < pairs->len; i += 2) {
-		if (g_array_index(pairs, guint32, i) == src) {
-			*dst_out = g_array_index(pairs, guint32, i + 1);
-			return TRUE;
-		}
+		gpointer dst =
+			GUINT_TO_POINTER(g_array_index(pairs, guint32, i + 1));
+
+		if (!g_hash_table_add(named, dst))
+			g_hash_table_insert(named, dst, NULL); /* twice */
 	}
-	return FALSE;
+	for (guint i = 0; pairs && i + 1 < pairs->len; i += 2) {
+		gpointer dst =
+			GUINT_TO_POINTER(g_array_index(pairs, guint32, i + 1));
+
+		if (g_hash_table_lookup(named, dst))
+			g_hash_table_insert(map,
+					    GUINT_TO_POINTER(g_array_index(
+						    pairs, guint32, i)),
+					    dst);
+	}
+	return map;
 }
 
 /* Remove @m here after it left the server (or was hidden). */
@@ -328,36 +345,22 @@ static gboolean move_set_locked(Cache *c, GPtrArray *msgs, guint64 dest_id,
 			return FALSE;
 		}
 	}
-	/* The UIDs the destination had before: the copies' are above. And a
-	 * UID the server names for two copies is taken for neither. */
+	/* The UIDs the destination had before: the copies' are above. */
+	guint32 new_uv = 0;
+	g_autoptr(GHashTable) copies = copyuid_map(r, &new_uv);
+
 	g_mutex_lock(&c->lock);
 	guint32 above = max_uid_locked(c, dest_id);
 	g_mutex_unlock(&c->lock);
-	g_autoptr(GHashTable) named = g_hash_table_new(NULL, NULL);
-
 	for (guint i = 0; i < msgs->len; i++) {
 		CacheMessage *m = msgs->pdata[i];
-		guint32 uv = 0, uid = 0;
-		gpointer key;
-		guint n;
-
-		if (!find_copyuid(r, &uv, m->uid, &uid))
-			continue;
-		key = GUINT_TO_POINTER(uid);
-		n = GPOINTER_TO_UINT(g_hash_table_lookup(named, key));
-		g_hash_table_insert(named, key, GUINT_TO_POINTER(n + 1));
-	}
-
-	for (guint i = 0; i < msgs->len; i++) {
-		CacheMessage *m = msgs->pdata[i];
-		guint32 new_uv = 0, new_uid = 0;
+		guint32 new_uid = GPOINTER_TO_UINT(
+			g_hash_table_lookup(copies, GUINT_TO_POINTER(m->uid)));
 		CacheMessage *moved = NULL;
 
 		forget(c, m, hidden);
 		/* The index learns the copy, and its body moves along. */
-		if (find_copyuid(r, &new_uv, m->uid, &new_uid) &&
-		    GPOINTER_TO_UINT(g_hash_table_lookup(
-			    named, GUINT_TO_POINTER(new_uid))) == 1) {
+		if (new_uid) {
 			Meta meta = {.uid = new_uid,
 				     .has = IMAP_FETCH_HAS_SIZE |
 					    IMAP_FETCH_HAS_INTERNALDATE,
@@ -372,9 +375,7 @@ static gboolean move_set_locked(Cache *c, GPtrArray *msgs, guint64 dest_id,
 			moved = add_known_locked(c, dest_id, new_uv, above,
 						 &meta);
 			g_mutex_unlock(&c->lock);
-			if (!moved) {
-				cache_folder_mark_stale(c, dest_id);
-			} else {
+			if (moved) {
 				g_autofree char *new_path =
 					cache_body_path(c, moved);
 				g_autofree char *dir =
@@ -383,9 +384,10 @@ static gboolean move_set_locked(Cache *c, GPtrArray *msgs, guint64 dest_id,
 				if (g_mkdir_with_parents(dir, 0700) == 0)
 					(void)rename(old_path, new_path);
 			}
-		} else {
-			cache_folder_mark_stale(c, dest_id);
 		}
+		/* Not learnt: the next sync of the destination finds it. */
+		if (!moved)
+			cache_folder_mark_stale(c, dest_id);
 		if (moved_out && moved)
 			g_ptr_array_add(moved_out, moved);
 		else if (moved)
