@@ -668,6 +668,10 @@ def test_crowded():
                         len(bodies), len(raws)),
                     expected="%d byte-exact reads" % len(bodies),
                     seen=bad or "%d of %d reads ended" % (len(results), len(bodies)))
+            slots = sorted(k.split(".")[1] for k in m.counters()
+                           if k.startswith("imap.conn") and k.endswith(".commands"))
+            T.check(len(slots) > 1, "the pool did try more connections than the server took",
+                    expected="more than conn1", seen=slots)
     finally:
         for s in hogs:
             s.close()
