@@ -1095,7 +1095,7 @@ static void fs_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size)
 	} else if (fs_ino_is_local(ino)) {
 		g_autofree char *v = xattr_value(fs, ino, "user.imap.flags");
 
-		if (v)
+		if (v && *v)
 			g_string_append_len(list, "user.imap.flags", 16);
 	} else if (ino_is_folder(ino)) {
 		g_autofree char *v = xattr_value(fs, ino, "user.imap.folder");
@@ -1107,8 +1107,15 @@ static void fs_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size)
 		 * what may be set). The UID, UIDVALIDITY, date and folder
 		 * are read by name: listed, cp -a, rsync -X and tar
 		 * --xattrs would put server bookkeeping on local copies,
-		 * at two requests per attribute and file. */
-		g_string_append_len(list, "user.imap.flags", 16);
+		 * at two requests per attribute and file. And only when
+		 * there are flags: an empty value says what a missing one
+		 * does (a copy put back is appended without flags either
+		 * way), and not listing it spares cp -a two of its seven
+		 * requests per file. */
+		g_autofree char *v = xattr_value(fs, ino, "user.imap.flags");
+
+		if (v && *v)
+			g_string_append_len(list, "user.imap.flags", 16);
 	}
 	reply_xattr(req, list->str, list->len, size);
 }
