@@ -183,8 +183,13 @@ static gpointer watcher_thread(gpointer data)
 				g_cond_wait(&c->watch_cond, &c->lock);
 			continue;
 		}
-		/* Let the burst settle. */
-		g_cond_wait_until(&c->watch_cond, &c->lock, now + SETTLE_US);
+		/* Let the burst settle: the whole interval, though every
+		 * event of the burst wakes us (our own UID MOVEs report
+		 * each message they take away). */
+		while (!c->watch_stop &&
+		       g_cond_wait_until(&c->watch_cond, &c->lock,
+					 now + SETTLE_US))
+			;
 		if (c->watch_stop)
 			break;
 		ids = g_array_new(FALSE, FALSE, sizeof(guint64));
