@@ -1317,6 +1317,15 @@ def test_batch():
                    c1["imap.round_trips"] - c0["imap.round_trips"]))
         commands_check("the batch mv used UID MOVE, no bare EXPUNGE", cmds,
                        want=[("UID MOVE", r"UID MOVE")])
+        # Each UID MOVE reports the message it took away, and the watch
+        # resyncs a folder at most once per settle interval (0.2 s) of such
+        # reports: a resync per move would select the source again before
+        # every other UID MOVE.
+        settles = int(dt / 0.2) + 2
+        T.check(kinds.get("SELECT", 0) <= 2 + 2 * settles,
+                "the batch mv selected folders a few times, not once per move",
+                expected="<= %d SELECTs in %.2f s" % (2 + 2 * settles, dt),
+                seen="%d" % kinds.get("SELECT", 0))
         view_check(w, m, SRC, SRC, "after the batch mv", read=False)
         view_check(w, m, DST, DST, "after the batch mv")
 
