@@ -521,10 +521,23 @@ static gboolean is_mark(gunichar c)
  * "-+=@,", which need no quoting in a shell. Any other run becomes one "_".
  * @text is NFC-normalized first so that "é" has one spelling.
  */
+static gboolean all_ascii(const char *text, gsize len)
+{
+	for (gsize i = 0; i < len; i++) {
+		if ((guchar)text[i] >= 0x80)
+			return FALSE;
+	}
+	return TRUE;
+}
+
 static void build_slug(const char *text, gsize len, GString *slug)
 {
+	/* ASCII is its own NFC: most subjects skip the normalization, a
+	 * tenth of a cold listing. */
 	g_autofree char *nfc =
-		g_utf8_normalize(text, (gssize)len, G_NORMALIZE_NFC);
+		all_ascii(text, len)
+			? g_strndup(text, len)
+			: g_utf8_normalize(text, (gssize)len, G_NORMALIZE_NFC);
 	gsize chars = 0;
 	gboolean gap = FALSE, after_letter = FALSE;
 
