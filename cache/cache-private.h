@@ -113,6 +113,7 @@ typedef struct {
 	gint tz;
 	guint64 modseq;
 	GBytes *subject; /* NULL when not fetched */
+	char *name; /* made from them as they arrived, or NULL */
 } Meta;
 
 void cache_meta_free(Meta *m);

@@ -692,6 +692,7 @@ void cache_meta_free(Meta *m)
 	g_free(m->flags);
 	if (m->subject)
 		g_bytes_unref(m->subject);
+	g_free(m->name);
 	g_free(m);
 }
 
@@ -755,6 +756,15 @@ static gboolean meta_untagged_cb(const ImapResponse *resp, gpointer user_data)
 				g_bytes_new(sec->value->str, sec->value->len);
 		else
 			m->subject = g_bytes_new(NULL, 0);
+	}
+	/* The name now, on the connection's thread while the rest of a big
+	 * listing streams in, rather than all at once when it is applied. */
+	if (m->subject && (m->has & IMAP_FETCH_HAS_INTERNALDATE)) {
+		gsize slen = 0;
+		const char *subj = g_bytes_get_data(m->subject, &slen);
+
+		g_free(m->name);
+		m->name = cache_message_name(m->date, subj, slen, m->uid);
 	}
 	return TRUE;
 }
@@ -889,7 +899,8 @@ CacheMessage *cache_insert_message_locked(Cache *c, guint64 folder_id,
 	cm->internaldate = m->date;
 	cm->tz = m->tz;
 	cm->modseq = m->modseq;
-	cm->name = cache_message_name(m->date, subj, slen, m->uid);
+	cm->name = m->name ? g_strdup(m->name)
+			   : cache_message_name(m->date, subj, slen, m->uid);
 	st = cache_stmt_locked(c, CACHE_STMT_INSERT_MESSAGE,
 			       "INSERT OR REPLACE INTO messages (folder_id,"
 			       " uidvalidity, uid, flags, size, internaldate,"
