@@ -41,6 +41,7 @@ typedef struct {
 	GPtrArray *msgs; /* CacheMessage *, sorted by name (cache->lock) */
 	GHashTable *by_name; /* name -> CacheMessage * (borrowed from msgs) */
 	guint32 uidvalidity;
+	guint32 max_uid; /* the highest UID seen under it (never lowered) */
 	gint64 retry_at; /* offline: next time to try the server */
 	GPtrArray *by_id; /* msgs in row id (inode) order, borrowed */
 	/* Sequential access, [0] in listing order, [1] in inode order. */
@@ -86,6 +87,7 @@ struct _Cache {
 	GThread *watcher;
 	GCond watch_cond;
 	GHashTable *dirty; /* folder ids a change was reported for */
+	GHashTable *own_changes; /* folder id -> when we last changed it */
 	guint64 watch_id; /* the folder in use, IDLE'd on */
 	ImapClient *watch_client; /* one connection, IDLE only */
 	guint idle_generation; /* of the latest IDLE submitted */
@@ -131,6 +133,9 @@ void cache_delete_message_locked(Cache *c, CacheMessage *m);
 void cache_update_flags_locked(Cache *c, CacheMessage *m);
 void cache_install_messages_locked(Cache *c, FolderState *st, GPtrArray *msgs,
 				   guint32 uidvalidity);
+/* The snapshot without @gone and with @add (either may be NULL). */
+void cache_snapshot_edit_locked(Cache *c, FolderState *st,
+				const CacheMessage *gone, CacheMessage *add);
 
 /* index.c */
 gboolean cache_db_open(Cache *c, GError **error);
@@ -153,6 +158,9 @@ gboolean cache_folder_in_step_locked(Cache *c, guint64 id,
 void cache_watch_start(Cache *c);
 void cache_watch_stop(Cache *c);
 void cache_append_watch_counters(Cache *c, GString *out);
+/* watch.c: this mount is changing the folder (see the watcher) */
+void cache_note_own_change(Cache *c, guint64 folder_id);
+
 /* write.c: batched moves */
 void cache_movers_start(Cache *c);
 void cache_movers_stop(Cache *c);

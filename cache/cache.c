@@ -1000,6 +1000,83 @@ gboolean cache_folder_in_step_locked(Cache *c, guint64 id, const ImapEvent *sel)
 	return same_count;
 }
 
+/* The first position in @seq (sorted by @cmp) not before @m. */
+static guint lower_bound(GPtrArray *seq, GCompareFunc cmp,
+			 const CacheMessage *m)
+{
+	guint lo = 0, hi = seq->len;
+
+	while (lo < hi) {
+		guint mid = lo + (hi - lo) / 2;
+
+		if (cmp(&seq->pdata[mid], &m) < 0)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return lo;
+}
+
+/* @seq without @gone, with @add at its place by @cmp. */
+static void copy_edited(GPtrArray *out, GPtrArray *seq, GCompareFunc cmp,
+			const CacheMessage *gone, CacheMessage *add,
+			gboolean take_refs)
+{
+	guint at = add ? lower_bound(seq, cmp, add) : G_MAXUINT;
+
+	for (guint i = 0; i <= seq->len; i++) {
+		if (i == at)
+			g_ptr_array_add(out, take_refs ? cache_message_ref(add)
+						       : add);
+		if (i == seq->len)
+			break;
+
+		CacheMessage *m = seq->pdata[i];
+
+		if (gone && m->id == gone->id)
+			continue;
+		g_ptr_array_add(out, take_refs ? cache_message_ref(m) : m);
+	}
+}
+
+void cache_snapshot_edit_locked(Cache *c, FolderState *st,
+				const CacheMessage *gone, CacheMessage *add)
+{
+	GPtrArray *msgs;
+	GPtrArray *by_id;
+
+	if (add && add->hidden)
+		add = NULL;
+	/* New arrays (a listing may hold the old one), made in order: a
+	 * change in a folder of 50,000 messages is a copy, not a sort. */
+	msgs = g_ptr_array_new_full(st->msgs->len + 1,
+				    (GDestroyNotify)cache_message_unref);
+	copy_edited(msgs, st->msgs, compare_message_names, gone, add, TRUE);
+	by_id = g_ptr_array_sized_new(st->msgs->len + 1);
+	copy_edited(by_id, st->by_id, compare_message_ids, gone, add, FALSE);
+	if (gone && g_hash_table_lookup(st->by_name, gone->name) &&
+	    ((CacheMessage *)g_hash_table_lookup(st->by_name, gone->name))
+			    ->id == gone->id)
+		g_hash_table_remove(st->by_name, gone->name);
+	if (gone)
+		g_hash_table_remove(c->messages, &gone->id);
+	if (add) {
+		st->max_uid = MAX(st->max_uid, add->uid);
+		g_hash_table_replace(st->by_name, add->name, add);
+		g_hash_table_replace(c->messages, &add->id,
+				     cache_message_ref(add));
+	}
+	g_ptr_array_unref(st->msgs);
+	st->msgs = msgs;
+	g_ptr_array_unref(st->by_id);
+	st->by_id = by_id;
+	for (guint o = 0; o < 2; o++) {
+		st->last_index[o] = -2;
+		st->streak[o] = 0;
+		st->prefetched_upto[o] = 0;
+	}
+}
+
 /* What a sync learned, applied in one transaction by apply_sync(). */
 typedef struct {
 	guint32 uidvalidity;
@@ -1026,6 +1103,11 @@ void cache_install_messages_locked(Cache *c, FolderState *st, GPtrArray *msgs,
 				   guint32 uidvalidity)
 {
 	g_ptr_array_sort(msgs, compare_message_names);
+	if (st->uidvalidity != uidvalidity)
+		st->max_uid = 0;
+	for (guint i = 0; i < msgs->len; i++)
+		st->max_uid =
+			MAX(st->max_uid, ((CacheMessage *)msgs->pdata[i])->uid);
 	if (st->msgs) {
 		for (guint i = 0; i < st->msgs->len; i++) {
 			CacheMessage *m = st->msgs->pdata[i];

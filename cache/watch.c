@@ -13,6 +13,12 @@
 
 /* Changes come in bursts: one resync per folder per this interval. */
 #define SETTLE_US (200 * 1000)
+/* A folder this mount changed (rm, mv, flags, a new message) resyncs only
+ * when it has left it alone this long: what the server reports of our own
+ * changes is known already, and a resync of a big folder after each rm
+ * would cost more than the rm. Other clients' changes in the meantime
+ * are seen then. */
+#define OWN_SETTLE_US (G_USEC_PER_SEC)
 /* After the watch connection failed, wait this long before trying again. */
 #define RETRY_US (5 * G_USEC_PER_SEC)
 
@@ -193,10 +199,24 @@ static gpointer watcher_thread(gpointer data)
 		if (c->watch_stop)
 			break;
 		ids = g_array_new(FALSE, FALSE, sizeof(guint64));
+		now = g_get_monotonic_time();
+		gint64 later = G_MAXINT64;
+
 		g_hash_table_iter_init(&it, c->dirty);
-		while (g_hash_table_iter_next(&it, &k, NULL))
+		while (g_hash_table_iter_next(&it, &k, NULL)) {
+			gint64 *own = g_hash_table_lookup(c->own_changes, k);
+
+			if (own && now < *own + OWN_SETTLE_US) {
+				later = MIN(later, *own + OWN_SETTLE_US);
+				continue;
+			}
 			g_array_append_val(ids, *(guint64 *)k);
-		g_hash_table_remove_all(c->dirty);
+			g_hash_table_iter_remove(&it);
+		}
+		if (ids->len == 0) {
+			g_cond_wait_until(&c->watch_cond, &c->lock, later);
+			continue;
+		}
 		g_mutex_unlock(&c->lock);
 		for (guint i = 0; i < ids->len; i++) {
 			g_autoptr(GError) error = NULL;
@@ -217,6 +237,8 @@ void cache_watch_start(Cache *c)
 	g_cond_init(&c->watch_cond);
 	c->dirty = g_hash_table_new_full(g_int64_hash, g_int64_equal, g_free,
 					 NULL);
+	c->own_changes = g_hash_table_new_full(g_int64_hash, g_int64_equal,
+					       g_free, g_free);
 	imap_client_set_event_handler(c->client, event_cb, c);
 	c->watcher = g_thread_new("watcher", watcher_thread, c);
 }
@@ -239,7 +261,20 @@ void cache_watch_stop(Cache *c)
 	g_thread_join(c->watcher);
 	c->watcher = NULL;
 	g_hash_table_unref(c->dirty);
+	g_clear_pointer(&c->own_changes, g_hash_table_unref);
 	g_cond_clear(&c->watch_cond);
+}
+
+void cache_note_own_change(Cache *c, guint64 folder_id)
+{
+	g_mutex_lock(&c->lock);
+	if (c->own_changes)
+		g_hash_table_replace(
+			c->own_changes,
+			g_memdup2(&folder_id, sizeof(folder_id)),
+			g_memdup2(&(gint64){g_get_monotonic_time()},
+				  sizeof(gint64)));
+	g_mutex_unlock(&c->lock);
 }
 
 void cache_watch_folder(Cache *c, guint64 folder_id)

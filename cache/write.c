@@ -51,35 +51,20 @@ static void snapshot_change_locked(Cache *c, guint64 folder_id,
 				   const CacheMessage *gone, CacheMessage *add)
 {
 	FolderState *st = g_hash_table_lookup(c->states, &folder_id);
-	g_autoptr(GPtrArray) msgs = NULL;
 
 	if (gone)
 		g_hash_table_remove(c->messages, &gone->id);
 	if (!st || !st->msgs)
 		return;
-	msgs = g_ptr_array_new_with_free_func(
-		(GDestroyNotify)cache_message_unref);
-	for (guint i = 0; i < st->msgs->len; i++) {
-		CacheMessage *m = st->msgs->pdata[i];
-
-		if (gone && m->id == gone->id)
-			continue;
-		g_ptr_array_add(msgs, cache_message_ref(m));
-	}
-	if (add)
-		g_ptr_array_add(msgs, cache_message_ref(add));
-	cache_install_messages_locked(c, st, msgs, st->uidvalidity);
+	cache_snapshot_edit_locked(c, st, gone, add);
 }
 
-/* The highest UID in the folder's snapshot (0 for none). */
+/* The highest UID the folder's snapshots have had (0 for none). */
 static guint32 max_uid_locked(Cache *c, guint64 folder_id)
 {
 	FolderState *st = g_hash_table_lookup(c->states, &folder_id);
-	guint32 max = 0;
 
-	for (guint i = 0; st && st->msgs && i < st->msgs->len; i++)
-		max = MAX(max, ((CacheMessage *)st->msgs->pdata[i])->uid);
-	return max;
+	return st && st->msgs ? st->max_uid : 0;
 }
 
 /*
@@ -109,6 +94,24 @@ static CacheMessage *add_known_locked(Cache *c, guint64 folder_id,
 	m = cache_insert_message_locked(c, folder_id, uidvalidity, meta);
 	snapshot_change_locked(c, folder_id, NULL, m);
 	return m;
+}
+
+/* Run a command that changes @folder (and @other, 0 for none): what the
+ * server reports of it is ours, and the watcher does not resync them for
+ * it (see OWN_SETTLE_US). */
+static ImapResult *run_change(Cache *c, ImapCommand *cmd, guint64 folder,
+			      guint64 other, GError **error)
+{
+	ImapResult *r;
+
+	cache_note_own_change(c, folder);
+	if (other)
+		cache_note_own_change(c, other);
+	r = imap_client_run(c->client, cmd, error);
+	cache_note_own_change(c, folder);
+	if (other)
+		cache_note_own_change(c, other);
+	return r;
 }
 
 static char *raw_of(Cache *c, guint64 folder_id, GError **error)
@@ -319,7 +322,7 @@ static gboolean move_set_locked(Cache *c, GPtrArray *msgs, guint64 dest_id,
 					   error);
 	if (!cmd)
 		return FALSE;
-	r = imap_client_run(c->client, cmd, error);
+	r = run_change(c, cmd, first->folder_id, dest_id, error);
 	if (!r)
 		return FALSE; /* nothing happened, or only a copy did */
 
@@ -676,7 +679,9 @@ gboolean cache_message_delete(Cache *c, guint64 message_id, gboolean to_trash,
 	if (!(raw = raw_of(c, m->folder_id, error)))
 		return FALSE;
 	lock_folders(c, m->folder_id, m->folder_id, &locks);
+	cache_note_own_change(c, m->folder_id);
 	ok = expunge_one(c, raw, m, &hidden, error);
+	cache_note_own_change(c, m->folder_id);
 	if (ok)
 		forget(c, m, hidden);
 	unlock_folders(&locks);
@@ -801,7 +806,7 @@ gboolean cache_message_set_flags(Cache *c, guint64 message_id,
 	seen.uid = m->uid;
 	imap_command_set_untagged(cmd, store_untagged_cb, &seen);
 	lock_folders(c, m->folder_id, m->folder_id, &locks);
-	r = imap_client_run(c->client, cmd, error);
+	r = run_change(c, cmd, m->folder_id, 0, error);
 	unlock_folders(&locks);
 	if (!r) {
 		g_free(seen.flags);
@@ -958,7 +963,7 @@ static CacheMessage *append_locked(Cache *c, guint64 folder_id,
 	guint32 uidvalidity = 0, uid = 0;
 	CacheMessage *m = NULL;
 
-	r = imap_client_run(c->client, cmd, error);
+	r = run_change(c, cmd, folder_id, 0, error);
 	if (!r)
 		return NULL;
 	if (imap_decode_appenduid(r->tagged, &uidvalidity, &uids, NULL) &&

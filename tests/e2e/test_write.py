@@ -37,6 +37,8 @@ Tests (IMAPFS_E2E_ONLY=ops,editors runs only those):
             a third into the literal of a 5 MB APPEND and of a rewrite.
   rsync     rsync -a of 1,000 messages into a new folder; prints throughput.
   batch     mv of 50 messages with a glob; prints the IMAP commands used.
+  rm_burst  rm of 30 messages through a 40 ms round trip: no resync of the
+            folder for our own expunges while the rm runs.
   lying     a proxy rewrites the APPENDUID of a cp-in and the COPYUID of a mv
             to a UID the folder already has: every message still reads as
             the server has it, and the new ones show once.
@@ -1330,6 +1332,58 @@ def test_batch():
         view_check(w, m, DST, DST, "after the batch mv")
 
 
+# ---- rm of many messages on a slow link ------------------------------------------------------
+
+
+def test_rm_burst():
+    """rm of 30 messages through a link with a 40 ms round trip: what the
+    server reports of our own expunges must not make the watch resync the
+    folder (a SELECT, and in a big folder a reload of the whole index)
+    while the rm goes on."""
+    N = 30
+    w = World("rmburst", env_conf())
+    SRC = "RmBurst"
+    w.own(SRC)
+    for i in range(N):
+        w.put(SRC, "Burst message %02d" % i, flags=["\\Seen"] if i % 2 else [], n=i)
+    w.start()
+    px = recording_proxy()
+    with rec_mount(px) as m:
+        names = sorted(listing(m, SRC)[0].values())
+        T.eq(len(names), N, "%d messages listed in %s" % (N, SRC))
+        w.foreign(SRC)
+        m.settle()
+        px.delay = 0.020
+        offs = proxy_offsets(px)
+        t0 = time.monotonic()
+        r = tool(["sh", "-c", 'rm "$1"/*_Burst_message_*.eml', "sh", m.p(SRC)])
+        dt = time.monotonic() - t0
+        cmds = sent_since(px, offs)
+        px.delay = 0.0
+        T.check(r.returncode == 0, "rm %s/*.eml succeeds" % SRC,
+                expected="status 0", seen=tool_seen(r))
+        m.settle()
+        for uid, (d, fl, lab) in sorted(w.exp.known[SRC].items()):
+            if not lab.startswith("foreign"):
+                w.exp.gone(SRC, uid)
+        w.check("after rm %s/*.eml: the %d are gone, nothing else" % (SRC, N))
+        kinds = {}
+        for c in cmds:
+            kinds[verb(c)] = kinds.get(verb(c), 0) + 1
+        T.diag("rm of %d messages at a 40 ms round trip: %.2f s; %s" % (
+            N, dt, ", ".join("%s %d" % kv for kv in sorted(kinds.items()))))
+        commands_check("the rm used UID EXPUNGE, no bare EXPUNGE", cmds,
+                       want=[("UID EXPUNGE", r"UID EXPUNGE")])
+        # A resync of the folder is a SELECT of it (QRESYNC): one after
+        # each settle interval of the watch (0.2 s) would be several here.
+        limit = 1 + int(dt)
+        T.check(kinds.get("SELECT", 0) <= limit,
+                "no resync of the folder for our own expunges while the rm runs",
+                expected="<= %d SELECTs in %.2f s" % (limit, dt),
+                seen="%d" % kinds.get("SELECT", 0))
+        view_check(w, m, SRC, SRC, "after the rm burst")
+
+
 # ---- a server that names old UIDs for new messages ----------------------------------------
 
 
@@ -1424,7 +1478,7 @@ def test_sent():
 
 
 TESTS = [test_ops, test_readonly, test_fallback, test_editors, test_faults, test_rsync,
-         test_batch, test_lying, test_sent]
+         test_batch, test_rm_burst, test_lying, test_sent]
 BUDGET = 480.0
 
 
