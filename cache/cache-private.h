@@ -128,7 +128,7 @@ gboolean cache_run_batch(Cache *c, ImapCommand **cmds, guint n, GError **error);
 sqlite3_stmt *cache_stmt_locked(Cache *c, CacheStmt which, const char *sql);
 void cache_stmt_done(sqlite3_stmt *st);
 CacheMessage *cache_insert_message_locked(Cache *c, guint64 folder_id,
-					  guint32 uidvalidity, const Meta *m);
+					  guint32 uidvalidity, Meta *m);
 void cache_delete_message_locked(Cache *c, CacheMessage *m);
 void cache_update_flags_locked(Cache *c, CacheMessage *m);
 void cache_install_messages_locked(Cache *c, FolderState *st, GPtrArray *msgs,

@@ -883,7 +883,7 @@ static void drop_generation_locked(Cache *c, guint64 folder_id,
 }
 
 CacheMessage *cache_insert_message_locked(Cache *c, guint64 folder_id,
-					  guint32 uidvalidity, const Meta *m)
+					  guint32 uidvalidity, Meta *m)
 {
 	sqlite3_stmt *st;
 	gsize slen = 0;
@@ -899,7 +899,8 @@ CacheMessage *cache_insert_message_locked(Cache *c, guint64 folder_id,
 	cm->internaldate = m->date;
 	cm->tz = m->tz;
 	cm->modseq = m->modseq;
-	cm->name = m->name ? g_strdup(m->name)
+	/* Taken, not copied: for a big listing, every name at once. */
+	cm->name = m->name ? g_steal_pointer(&m->name)
 			   : cache_message_name(m->date, subj, slen, m->uid);
 	st = cache_stmt_locked(c, CACHE_STMT_INSERT_MESSAGE,
 			       "INSERT OR REPLACE INTO messages (folder_id,"
@@ -1045,8 +1046,17 @@ void cache_snapshot_edit_locked(Cache *c, FolderState *st,
 	GPtrArray *msgs;
 	GPtrArray *by_id;
 
-	if (add && add->hidden)
+	if (add && (add->hidden || add->uidvalidity != st->uidvalidity))
 		add = NULL;
+	/* A replacement (new flags) of a message a resync or an rm took
+	 * out in the meantime must not bring it back. */
+	if (gone && add) {
+		CacheMessage *was =
+			g_hash_table_lookup(st->by_name, gone->name);
+
+		if (!was || was->id != gone->id)
+			add = NULL;
+	}
 	/* New arrays (a listing may hold the old one), made in order: a
 	 * change in a folder of 50,000 messages is a copy, not a sort. */
 	msgs = g_ptr_array_new_full(st->msgs->len + 1,

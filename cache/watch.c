@@ -17,8 +17,10 @@
  * when it has left it alone this long: what the server reports of our own
  * changes is known already, and a resync of a big folder after each rm
  * would cost more than the rm. Other clients' changes in the meantime
- * are seen then. */
+ * are seen then, and at the latest OWN_DEFER_MAX_US after the first
+ * report. */
 #define OWN_SETTLE_US (G_USEC_PER_SEC)
+#define OWN_DEFER_MAX_US (5 * G_USEC_PER_SEC)
 /* After the watch connection failed, wait this long before trying again. */
 #define RETRY_US (5 * G_USEC_PER_SEC)
 
@@ -125,8 +127,11 @@ static void event_cb(const ImapEvent *ev, gpointer user_data)
 	}
 	g_mutex_lock(&c->lock);
 	id = g_hash_table_lookup(c->folder_ids, ev->mailbox);
-	if (id) {
-		g_hash_table_add(c->dirty, g_memdup2(id, sizeof(*id)));
+	if (id && !g_hash_table_contains(c->dirty, id)) {
+		/* Since when: see OWN_DEFER_MAX_US. */
+		g_hash_table_insert(c->dirty, g_memdup2(id, sizeof(*id)),
+				    g_memdup2(&(gint64){g_get_monotonic_time()},
+					      sizeof(gint64)));
 		g_cond_broadcast(&c->watch_cond);
 	}
 	g_mutex_unlock(&c->lock);
@@ -165,7 +170,7 @@ static gpointer watcher_thread(gpointer data)
 	g_mutex_lock(&c->lock);
 	while (!c->watch_stop) {
 		GHashTableIter it;
-		gpointer k;
+		gpointer k, v;
 		g_autoptr(GArray) ids = NULL;
 		gint64 now = g_get_monotonic_time();
 
@@ -203,17 +208,21 @@ static gpointer watcher_thread(gpointer data)
 		gint64 later = G_MAXINT64;
 
 		g_hash_table_iter_init(&it, c->dirty);
-		while (g_hash_table_iter_next(&it, &k, NULL)) {
+		while (g_hash_table_iter_next(&it, &k, &v)) {
 			gint64 *own = g_hash_table_lookup(c->own_changes, k);
+			gint64 until = *(gint64 *)v + OWN_DEFER_MAX_US;
 
-			if (own && now < *own + OWN_SETTLE_US) {
-				later = MIN(later, *own + OWN_SETTLE_US);
+			if (own && now < *own + OWN_SETTLE_US && now < until) {
+				later = MIN(later,
+					    MIN(*own + OWN_SETTLE_US, until));
 				continue;
 			}
 			g_array_append_val(ids, *(guint64 *)k);
 			g_hash_table_iter_remove(&it);
 		}
 		if (ids->len == 0) {
+			if (c->idle_restart_at)
+				later = MIN(later, c->idle_restart_at);
 			g_cond_wait_until(&c->watch_cond, &c->lock, later);
 			continue;
 		}
@@ -236,7 +245,7 @@ void cache_watch_start(Cache *c)
 {
 	g_cond_init(&c->watch_cond);
 	c->dirty = g_hash_table_new_full(g_int64_hash, g_int64_equal, g_free,
-					 NULL);
+					 g_free);
 	c->own_changes = g_hash_table_new_full(g_int64_hash, g_int64_equal,
 					       g_free, g_free);
 	imap_client_set_event_handler(c->client, event_cb, c);
@@ -246,6 +255,7 @@ void cache_watch_start(Cache *c)
 void cache_watch_stop(Cache *c)
 {
 	ImapClient *wc;
+	GHashTable *own;
 
 	if (!c->watcher)
 		return;
@@ -261,7 +271,12 @@ void cache_watch_stop(Cache *c)
 	g_thread_join(c->watcher);
 	c->watcher = NULL;
 	g_hash_table_unref(c->dirty);
-	g_clear_pointer(&c->own_changes, g_hash_table_unref);
+	/* The mover may still send a move (cache_movers_stop comes after
+	 * us) and note it: take the table away under the lock. */
+	g_mutex_lock(&c->lock);
+	own = g_steal_pointer(&c->own_changes);
+	g_mutex_unlock(&c->lock);
+	g_hash_table_unref(own);
 	g_cond_clear(&c->watch_cond);
 }
 

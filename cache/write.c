@@ -77,7 +77,7 @@ static guint32 max_uid_locked(Cache *c, guint64 folder_id)
  */
 static CacheMessage *add_known_locked(Cache *c, guint64 folder_id,
 				      guint32 uidvalidity, guint32 above,
-				      const Meta *meta)
+				      Meta *meta)
 {
 	FolderState *st = g_hash_table_lookup(c->states, &folder_id);
 	CacheMessage *m;
