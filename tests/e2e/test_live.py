@@ -41,6 +41,9 @@ changes the server, and the test watches the mount:
   switch    the watch moves to another folder after its IDLE was silent
             for longer than the timeout: the DONE is not taken for a dead
             server, and the new folder's changes show within 2 s;
+  busy      this mount sets flags in the watched folder every 0.3 s (its
+            own changes put the watch's resync off) while another client
+            adds a message: it shows within 8 s all the same;
   crowded   other clients hold all but two of the connections the server
             allows the user (Dovecot's mail_max_userip_connections): reads in
             three folders at once, which make the pool open more connections
@@ -614,6 +617,53 @@ def test_switch():
     other.close()
 
 
+def test_busy():
+    """While this mount keeps changing the watched folder (flags set every
+    0.3 s), the watch puts off resyncing it for our own changes, but not
+    for good: another client's new message shows within the cap (5 s)
+    plus the settle, while our changes still go on."""
+    other = Other()
+    raw = "LiveBusy"
+    uids = sorted(seed(other, raw, 2))
+    stop = threading.Event()
+    errors = []
+
+    with mounted(["poll=0"]) as m:
+        p = m.p(raw)
+        names = listing(p)  # the watched folder from now on
+        T.eq(sorted(names), uids, "the mount lists %s" % raw)
+        target = os.path.join(p, names[uids[0]])
+        time.sleep(0.5)  # the watch's IDLE is running
+
+        def flagger():
+            on = False
+            while not stop.is_set():
+                on = not on
+                try:
+                    os.setxattr(target, "user.imap.flags", b"\\Flagged" if on else b"")
+                except OSError as e:
+                    errors.append("setxattr: %s" % errno_name(e.errno))
+                stop.wait(0.3)
+
+        th = threading.Thread(target=flagger, daemon=True)
+        th.start()
+        try:
+            time.sleep(1.0)
+            new = other.append(raw, make_message("%s arrives while we change it" % raw))
+            t = wait_until(lambda: new in listing(p), 8.0)
+            busy = th.is_alive() and not stop.is_set()
+        finally:
+            stop.set()
+            th.join(10)
+        T.check(t is not None and busy,
+                "a message another client adds to a folder this mount keeps changing "
+                "shows within 8 s, while the changes go on",
+                expected="within 8 s", seen="%.2f s" % t if t is not None else late(
+                    lambda: new in listing(p)))
+        T.none_of(errors, "every flag change of the busy loop succeeded")
+    other.close()
+
+
 def test_crowded():
     other = Other()
     raws = ["LiveCrowd%d" % i for i in range(3)]
@@ -679,7 +729,7 @@ def test_crowded():
 
 
 TESTS = [test_watched, test_polled, test_folders, test_open, test_quiet, test_notify,
-         test_generation, test_asleep, test_switch, test_crowded]
+         test_generation, test_asleep, test_switch, test_crowded, test_busy]
 
 
 if __name__ == "__main__":
