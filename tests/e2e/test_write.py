@@ -1281,15 +1281,22 @@ def test_rsync():
 # ---- 6. batch move ---------------------------------------------------------------------------
 
 
+def glob_world(label, n, subject, unread_every, src, *others):
+    """A started World whose folder src holds n messages "subject NN" (one
+    in unread_every unread), and a recording proxy to mount through."""
+    w = World(label, env_conf())
+    w.own(src, *others)
+    for i in range(n):
+        w.put(src, "%s %02d" % (subject, i), flags=["\\Seen"] if i % unread_every else [],
+              n=i)
+    w.start()
+    return w, recording_proxy()
+
+
 def test_batch():
     N = 50
-    w = World("batch", env_conf())
     SRC, DST = "BatchIn", "Archive"
-    w.own(SRC, DST)
-    for i in range(N):
-        w.put(SRC, "Batch message %02d" % i, flags=["\\Seen"] if i % 3 else [], n=i)
-    w.start()
-    px = recording_proxy()
+    w, px = glob_world("batch", N, "Batch message", 3, SRC, DST)
     with rec_mount(px) as m:
         names = sorted(listing(m, SRC)[0].values())
         T.eq(len(names), N, "%d messages listed in %s" % (N, SRC))
@@ -1341,13 +1348,8 @@ def test_rm_burst():
     folder (a SELECT, and in a big folder a reload of the whole index)
     while the rm goes on."""
     N = 30
-    w = World("rmburst", env_conf())
     SRC = "RmBurst"
-    w.own(SRC)
-    for i in range(N):
-        w.put(SRC, "Burst message %02d" % i, flags=["\\Seen"] if i % 2 else [], n=i)
-    w.start()
-    px = recording_proxy()
+    w, px = glob_world("rmburst", N, "Burst message", 2, SRC)
     with rec_mount(px) as m:
         names = sorted(listing(m, SRC)[0].values())
         T.eq(len(names), N, "%d messages listed in %s" % (N, SRC))
