@@ -1043,6 +1043,9 @@ static void copy_edited(GPtrArray *out, GPtrArray *seq, GCompareFunc cmp,
 void cache_snapshot_edit_locked(Cache *c, FolderState *st,
 				const CacheMessage *gone, CacheMessage *add)
 {
+	CacheMessage *was =
+		gone ? g_hash_table_lookup(st->by_name, gone->name) : NULL;
+	gboolean there = was && was->id == gone->id;
 	GPtrArray *msgs;
 	GPtrArray *by_id;
 
@@ -1050,13 +1053,8 @@ void cache_snapshot_edit_locked(Cache *c, FolderState *st,
 		add = NULL;
 	/* A replacement (new flags) of a message a resync or an rm took
 	 * out in the meantime must not bring it back. */
-	if (gone && add) {
-		CacheMessage *was =
-			g_hash_table_lookup(st->by_name, gone->name);
-
-		if (!was || was->id != gone->id)
-			add = NULL;
-	}
+	if (gone && !there)
+		add = NULL;
 	/* New arrays (a listing may hold the old one), made in order: a
 	 * change in a folder of 50,000 messages is a copy, not a sort. */
 	msgs = g_ptr_array_new_full(st->msgs->len + 1,
@@ -1064,9 +1062,7 @@ void cache_snapshot_edit_locked(Cache *c, FolderState *st,
 	copy_edited(msgs, st->msgs, compare_message_names, gone, add, TRUE);
 	by_id = g_ptr_array_sized_new(st->msgs->len + 1);
 	copy_edited(by_id, st->by_id, compare_message_ids, gone, add, FALSE);
-	if (gone && g_hash_table_lookup(st->by_name, gone->name) &&
-	    ((CacheMessage *)g_hash_table_lookup(st->by_name, gone->name))
-			    ->id == gone->id)
+	if (there)
 		g_hash_table_remove(st->by_name, gone->name);
 	if (gone)
 		g_hash_table_remove(c->messages, &gone->id);

@@ -515,12 +515,6 @@ static gboolean is_mark(gunichar c)
 	       t == G_UNICODE_NON_SPACING_MARK;
 }
 
-/*
- * Letters and digits of any script stay, with the combining marks that
- * follow them (Devanagari or Thai would fall apart without); so do
- * "-+=@,", which need no quoting in a shell. Any other run becomes one "_".
- * @text is NFC-normalized first so that "é" has one spelling.
- */
 static gboolean all_ascii(const char *text, gsize len)
 {
 	for (gsize i = 0; i < len; i++) {
@@ -530,6 +524,12 @@ static gboolean all_ascii(const char *text, gsize len)
 	return TRUE;
 }
 
+/*
+ * Letters and digits of any script stay, with the combining marks that
+ * follow them (Devanagari or Thai would fall apart without); so do
+ * "-+=@,", which need no quoting in a shell. Any other run becomes one "_".
+ * @text is NFC-normalized first so that "é" has one spelling.
+ */
 static void build_slug(const char *text, gsize len, GString *slug)
 {
 	/* ASCII is its own NFC: most subjects skip the normalization, a
