@@ -96,9 +96,9 @@ static CacheMessage *add_known_locked(Cache *c, guint64 folder_id,
 	return m;
 }
 
-/* Run a command that changes @folder (and @other, 0 for none): what the
- * server reports of it is ours, and the watcher does not resync them for
- * it (see OWN_SETTLE_US). */
+/* Run a command that changes @folder (and @other, 0 for none). What the
+ * server reports of the change is ours: the watcher does not resync the
+ * folders for it (see OWN_SETTLE_US in watch.c). */
 static ImapResult *run_change(Cache *c, ImapCommand *cmd, guint64 folder,
 			      guint64 other, GError **error)
 {

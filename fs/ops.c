@@ -1110,7 +1110,7 @@ static void fs_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size)
 		 * at two requests per attribute and file. And only when
 		 * there are flags: an empty value says what a missing one
 		 * does (a copy put back is appended without flags either
-		 * way), and not listing it spares cp -a two of its seven
+		 * way), and not listing it spares cp -a two of its eight
 		 * requests per file. */
 		g_autofree char *v = xattr_value(fs, ino, "user.imap.flags");
 
