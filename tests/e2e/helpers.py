@@ -788,9 +788,23 @@ def errno_name(e):
 # ---- running a suite ---------------------------------------------------------------------
 
 
-def run_one(fn, t_start, budget, label=None):
+def log_tail(path, lines=40):
+    """The last lines of a log file, or why there are none."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 64 * 1024))
+            text = f.read().decode("utf-8", "replace")
+    except OSError as e:
+        return "(%s: %s)\n" % (path, e.strerror)
+    return "".join(text.splitlines(True)[-lines:])
+
+
+def run_one(fn, t_start, budget, label=None, logs=()):
     """Run one test function (labelled by its name without test_) within
-    what is left of budget seconds; an exception is a failed check."""
+    what is left of budget seconds; an exception is a failed check, and
+    its traceback and the tails of the server logs (the fixture's and
+    those of the callable logs) go to stderr."""
     T.current = label or fn.__name__[5:]
     if time.monotonic() - t_start > budget:
         T.fail("not run: the suite's time budget of %.0f s is used up" % budget)
@@ -805,6 +819,12 @@ def run_one(fn, t_start, budget, label=None):
     except Exception as e:
         T.fail("raised %s: %s" % (type(e).__name__, short(str(e), 400)),
                details=format_exc().splitlines())
+        # The whole traceback on stderr too: meson prints stderr on failure,
+        # where the TAP comments above are cut to 12 lines and not shown.
+        sys.stderr.write("%s: raised\n%s" % (T.current, format_exc()))
+        paths = [os.environ.get("IMAPFS_TEST_LOG")] + list(logs() if callable(logs) else logs)
+        for path in filter(None, paths):
+            sys.stderr.write("-- %s, last lines:\n%s" % (path, log_tail(path)))
     T.diag("%s: %.1f s" % (T.current, time.monotonic() - t0))
     if len(T.failures) > before:
         T.diag("%s: %d failed check(s)" % (T.current, len(T.failures) - before))

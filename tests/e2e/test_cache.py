@@ -1335,7 +1335,8 @@ def main():
         for label, fn in TESTS:
             if only and label.split("-")[0] not in only:
                 continue
-            run_one(fn, t0, BUDGET, label)
+            run_one(fn, t0, BUDGET, label,
+                    logs=lambda: [DC1.log_path] if DC1 is not None and DC1.dir else [])
     finally:
         if DC1 is not None:
             try:
