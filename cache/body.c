@@ -603,18 +603,6 @@ static void fetch_done_cb(ImapResult *result, const GError *error,
 }
 
 /* "3:40,42": a batch of hundreds of UIDs is mostly runs. */
-static char *uid_list(GArray *uids)
-{
-	g_autoptr(ImapUidSet) set = imap_uid_set_new();
-
-	for (guint i = 0; i < uids->len; i++) {
-		guint32 uid = g_array_index(uids, guint32, i);
-
-		imap_uid_set_add(set, uid, uid);
-	}
-	return imap_uid_set_to_string(set);
-}
-
 static ImapCommand *body_command(Fetch *f, const char *raw, const char *set,
 				 const char *items)
 {
@@ -737,11 +725,11 @@ void cache_prefetch_after(Cache *c, guint64 folder_id, FolderState *st,
 			  int order, guint index)
 {
 	GPtrArray *seq;
-	g_autoptr(GArray) uids = g_array_new(FALSE, FALSE, sizeof(guint32));
+	g_autoptr(ImapUidSet) uids = imap_uid_set_new();
 	g_autofree char *raw = folder_raw(c, folder_id);
 	Fetch *f = NULL;
 	guint64 bytes = 0;
-	guint i;
+	guint i, start, n = 0;
 
 	if (!raw)
 		return;
@@ -751,9 +739,10 @@ void cache_prefetch_after(Cache *c, guint64 folder_id, FolderState *st,
 		g_mutex_unlock(&c->lock);
 		return;
 	}
-	i = MAX(index + 1, st->prefetched_upto[order]);
-	for (; i < seq->len && uids->len < CACHE_PREFETCH_MESSAGES &&
-	       bytes < CACHE_PREFETCH_BYTES;
+	i = start = MAX(index + 1, st->prefetched_upto[order]);
+	for (; i < seq->len && n < CACHE_PREFETCH_MESSAGES &&
+	       bytes < CACHE_PREFETCH_BYTES &&
+	       uids->ranges->len < CACHE_PREFETCH_RANGES;
 	     i++) {
 		CacheMessage *m = seq->pdata[i];
 		g_autofree char *path = NULL;
@@ -772,16 +761,19 @@ void cache_prefetch_after(Cache *c, guint64 folder_id, FolderState *st,
 			f = fetch_new(c, m);
 		g_hash_table_insert(f->ids_by_uid, GUINT_TO_POINTER(m->uid),
 				    GSIZE_TO_POINTER(m->id));
-		g_array_append_val(uids, m->uid);
+		imap_uid_set_add(uids, m->uid, m->uid);
+		n++;
 		bytes += m->size;
 	}
 	st->prefetched_upto[order] = i;
-	c->counters.prefetches += uids->len;
+	st->prefetch_span[order] = i - start;
+	c->counters.prefetches += n;
+	c->counters.prefetch_batches += n > 0;
 	g_mutex_unlock(&c->lock);
 	if (!f)
 		return;
 
-	g_autofree char *set = uid_list(uids);
+	g_autofree char *set = imap_uid_set_to_string(uids);
 	g_autoptr(ImapCommand) cmd =
 		body_command(f, raw, set, "UID BODY.PEEK[]");
 

@@ -14,9 +14,12 @@ G_BEGIN_DECLS
 #define CACHE_RANGE_CHUNK (1024 * 1024)
 /* Bigger than any mail; also bounds the ranges of one body (16384). */
 #define CACHE_MAX_MESSAGE (G_GUINT64_CONSTANT(16) << 30)
-/* Sequential-scan prefetch: at most this many bodies or bytes ahead. */
-#define CACHE_PREFETCH_MESSAGES 256
+/* Sequential-scan prefetch: a batch is at most this many bodies or bytes,
+ * in at most this many UID ranges (a command line of a few KiB: RFC 7162
+ * asks clients to keep lines under 8192 octets). */
+#define CACHE_PREFETCH_MESSAGES 4096
 #define CACHE_PREFETCH_BYTES (32 * 1024 * 1024)
+#define CACHE_PREFETCH_RANGES 256
 /* Moves: at most this many per UID MOVE; network failures retried. */
 #define CACHE_MOVE_BATCH_MAX 1000
 #define CACHE_MOVE_RETRIES 3
@@ -28,6 +31,7 @@ typedef struct {
 	guint64 body_fetches; /* whole bodies fetched */
 	guint64 range_fetches; /* ranges of big bodies fetched */
 	guint64 prefetches; /* bodies fetched ahead of a sequential scan */
+	guint64 prefetch_batches; /* the UID FETCH commands that did it */
 	guint64 body_bytes_fetched;
 	guint64 folder_syncs;
 	guint64 evictions;
@@ -48,6 +52,7 @@ typedef struct {
 	gint last_index[2];
 	guint streak[2];
 	guint prefetched_upto[2];
+	guint prefetch_span[2]; /* positions the last batch covered */
 } FolderState;
 
 /* Statements run once per message, prepared once (cache_stmt_locked()). */

@@ -1080,6 +1080,7 @@ void cache_snapshot_edit_locked(Cache *c, FolderState *st,
 		st->last_index[o] = -2;
 		st->streak[o] = 0;
 		st->prefetched_upto[o] = 0;
+		st->prefetch_span[o] = 0;
 	}
 }
 
@@ -1149,6 +1150,7 @@ void cache_install_messages_locked(Cache *c, FolderState *st, GPtrArray *msgs,
 		st->last_index[o] = -2;
 		st->streak[o] = 0;
 		st->prefetched_upto[o] = 0;
+		st->prefetch_span[o] = 0;
 	}
 }
 
@@ -1642,7 +1644,7 @@ void cache_note_open(Cache *c, const CacheMessage *m)
 {
 	FolderState *st;
 	int order = -1;
-	guint index = 0;
+	guint index[2] = {0, 0};
 
 	g_mutex_lock(&c->lock);
 	st = g_hash_table_lookup(c->states, &m->folder_id);
@@ -1661,17 +1663,24 @@ void cache_note_open(Cache *c, const CacheMessage *m)
 		else if ((gint)i != st->last_index[o])
 			st->streak[o] = 0;
 		st->last_index[o] = (gint)i;
-		/* Keep a whole batch queued behind the one arriving, so
-		 * the server never waits for our next request. */
-		if (order < 0 && st->streak[o] >= 1 &&
-		    i + CACHE_PREFETCH_MESSAGES >= st->prefetched_upto[o]) {
+		index[o] = i;
+		/* One order leads, the longer streak (the listing's when
+		 * they are the same order): two would each queue their own
+		 * batches of the same messages' successors. */
+		if (st->streak[o] >= 1 &&
+		    (order < 0 || st->streak[o] > st->streak[order]))
 			order = o;
-			index = i;
-		}
 	}
+	/* Keep a whole batch queued behind the one arriving, so the server
+	 * never waits for our next request: the next batch goes out when
+	 * the reader is into the last one. */
+	if (order >= 0 && (st->prefetched_upto[order] >= st->msgs->len ||
+			   index[order] + st->prefetch_span[order] <
+				   st->prefetched_upto[order]))
+		order = -1;
 	g_mutex_unlock(&c->lock);
 	if (order >= 0)
-		cache_prefetch_after(c, m->folder_id, st, order, index);
+		cache_prefetch_after(c, m->folder_id, st, order, index[order]);
 }
 
 CacheStats cache_stats(Cache *c)
@@ -1713,6 +1722,7 @@ void cache_append_counters(Cache *c, GString *out)
 		"cache.body_fetches %" G_GUINT64_FORMAT "\n"
 		"cache.range_fetches %" G_GUINT64_FORMAT "\n"
 		"cache.prefetches %" G_GUINT64_FORMAT "\n"
+		"cache.prefetch_batches %" G_GUINT64_FORMAT "\n"
 		"cache.body_bytes_fetched %" G_GUINT64_FORMAT "\n"
 		"cache.evictions %" G_GUINT64_FORMAT "\n"
 		"cache.header_hits %" G_GUINT64_FORMAT "\n"
@@ -1721,8 +1731,8 @@ void cache_append_counters(Cache *c, GString *out)
 		ic.commands, ic.round_trips, ic.bytes_in, ic.bytes_out,
 		ic.connects, ic.timeouts, cc.folder_syncs, cc.body_hits,
 		cc.body_fetches, cc.range_fetches, cc.prefetches,
-		cc.body_bytes_fetched, cc.evictions, cc.header_hits,
-		bytes_on_disk, moves_pending);
+		cc.prefetch_batches, cc.body_bytes_fetched, cc.evictions,
+		cc.header_hits, bytes_on_disk, moves_pending);
 	cache_append_watch_counters(c, out);
 	for (guint i = 0; i < imap_client_n_connections(c->client); i++) {
 		ImapCounters k = imap_client_connection_counters(c->client, i);

@@ -17,6 +17,7 @@ The tests (numbers as in the cache issue's "Must show"):
   3 UIDVALIDITY change                8 offline mount (automatic and -o offline)
   4 server stopped while mounted      9 folders deleted/renamed on the server
   5 kill -9 during a 20 MB fetch     10 cache=none, cache=headers
+                                     11 prefetch of big messages stays bounded
 
 Extra arguments after IMAPFS select tests by number (`... IMAPFS 4 8`).
 TAP output; `1..0 # SKIP` when not runnable.  IMAPFS_E2E_DEBUG=1 mounts in
@@ -1307,6 +1308,85 @@ def test_cache_modes():
                   "(the resync) and the same names (%s)" % ", ".join(per))
 
 
+def test_prefetch_window():
+    """11. A sequential scan of big messages keeps about two batches (of up
+    to 32 MiB) in flight, not the rest of the folder; each body comes once."""
+    name, n, size, k = "CachePrefetch", 80, 3 * MB // 2, 6
+    base = 1700000000
+    filler = ("x" * 76 + "\r\n") * (size // 78)
+    with S0.session() as im:
+        fx.create(im, name)
+        for i in range(n):
+            fx.append(im, name, make_message("t11-%d" % i, "Prefetch %02d" % i,
+                                             "Message %d.\r\n%s" % (i, filler), base + 60 * i),
+                      (), base + 60 * i)
+    try:
+        snap = S0.snapshot(only={name})
+        f = snap[name]
+        total = sum(msg.size for msg in f.msgs.values())
+        with CMount(S0, new_cache("t11")) as m:
+            names, problems = listing(m, f)
+            order = sorted(names, key=lambda u: names[u])
+            c0 = m.settle()
+            read_check(m, f, names, order[:k], problems)
+            c1 = m.settle(quiet=1.0, timeout=30.0)
+            got = dl(c0, c1, "imap.bytes_in")
+            # Two batches of at most 32 MiB (each may end one message
+            # past it) beside the bodies read.
+            bound = 2 * (32 * MB + size) + k * size + MB
+            T.check(not problems and k * size <= got <= bound,
+                    "reading the first %d of %d messages of %.1f MiB in name order: "
+                    "%.1f MiB come in (%d prefetched), of %.1f MiB in the folder"
+                    % (k, n, size / MB, got / MB, dl(c0, c1, "cache.prefetches"), total / MB),
+                    expected="%d bodies and <= %.1f MiB" % (k, bound / MB),
+                    seen=problems[:3] or "%.1f MiB" % (got / MB))
+            read_check(m, f, names, order[k:], problems)
+            c2 = m.settle()
+            fetched = (dl(c0, c2, "cache.body_fetches") + dl(c0, c2, "cache.prefetches"))
+            T.check(not problems and fetched == n,
+                    "reading on to the end: every body byte-exact, each fetched once "
+                    "(%d body fetches + prefetches)" % fetched,
+                    expected="%d fetches, no mismatch" % n, seen=problems[:3] or fetched)
+    finally:
+        with S0.session() as im:
+            fx._ok(im.delete(fx.mailbox_arg(name)), "DELETE")
+
+    # Names start with the date: odd UIDs dated a day after the even ones
+    # list after them, so a batch in name order is one UID range per
+    # message, and the UID set of a command is capped at 256 ranges.
+    name, n = "CacheScattered", 600
+    with S0.session() as im:
+        fx.create(im, name)
+        for i in range(n):
+            date = base + 60 * i + (86400 * 30 if i % 2 else 0)
+            fx.append(im, name, make_message("t11s-%d" % i, "Scattered %03d" % i,
+                                             "Message %d.\r\n" % i, date), (), date)
+    try:
+        snap = S0.snapshot(only={name})
+        f = snap[name]
+        with CMount(S0, new_cache("t11s")) as m:
+            names, problems = listing(m, f)
+            order = sorted(names, key=lambda u: names[u])
+            c0 = m.settle()
+            read_check(m, f, names, order, problems)
+            c1 = m.settle()
+            batches = dl(c0, c1, "cache.prefetch_batches")
+            pre = dl(c0, c1, "cache.prefetches")
+            fetched = dl(c0, c1, "cache.body_fetches") + pre
+            # The first two reads make the streak; the rest in batches.
+            want = -(-pre // 256)
+            T.check(not problems and fetched == n and pre >= n - 3 and
+                    want <= batches <= want + 1,
+                    "reading %d messages in name order, UIDs alternating: byte-exact, each "
+                    "fetched once, %d prefetched in %d batches of at most 256 UID ranges"
+                    % (n, pre, batches),
+                    expected="%d fetches, %d or %d batches" % (n, want, want + 1),
+                    seen=problems[:3] or "%d fetches, %d batches" % (fetched, batches))
+    finally:
+        with S0.session() as im:
+            fx._ok(im.delete(fx.mailbox_arg(name)), "DELETE")
+
+
 TESTS = [
     ("1-warm-remount", test_warm_remount),
     ("2-changes-while-unmounted", test_changes_unmounted),
@@ -1318,6 +1398,7 @@ TESTS = [
     ("8-offline-mount", test_offline_mount),
     ("9-folders-gone", test_folders_gone),
     ("10-cache-modes", test_cache_modes),
+    ("11-prefetch-window", test_prefetch_window),
 ]
 
 
