@@ -331,12 +331,17 @@ Cache *cache_open(ImapClient *client, const CacheConfig *cfg, GError **error)
 	return g_steal_pointer(&c);
 }
 
+void cache_stop(Cache *c)
+{
+	cache_watch_stop(c);
+	cache_movers_stop(c);
+}
+
 void cache_free(Cache *c)
 {
 	if (!c)
 		return;
-	cache_watch_stop(c);
-	cache_movers_stop(c);
+	cache_stop(c);
 	cache_db_close(c);
 	if (c->cfg.keep == CACHE_KEEP_NONE)
 		remove_tree(c->body_dir);

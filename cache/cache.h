@@ -83,6 +83,12 @@ G_DEFINE_AUTOPTR_CLEANUP_FUNC(CacheMessage, cache_message_unref)
 /* Opens (creating or rebuilding when incompatible) the index in cfg->dir.
  * Does not talk to the server. */
 Cache *cache_open(ImapClient *client, const CacheConfig *cfg, GError **error);
+/* Stop the background work that uses the client (the watcher; the movers,
+ * after sending the moves still pending). Then free the client, which
+ * ends the fetches still in flight (a prefetch, at an unmount during a
+ * copy) while the cache is there for their callbacks, then the cache.
+ * cache_free() stops too, for a cache whose client never did anything. */
+void cache_stop(Cache *cache);
 void cache_free(Cache *cache);
 G_DEFINE_AUTOPTR_CLEANUP_FUNC(Cache, cache_free)
 

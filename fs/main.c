@@ -678,6 +678,10 @@ static int fs_mount(FsOptions *opts, struct fuse_args *args)
 	fs_local_clear(&fs);
 	fuse_remove_signal_handlers(se);
 	fuse_session_destroy(se);
+	/* In this order: a prefetch still in flight ends with the client
+	 * and its callbacks need the cache. */
+	cache_stop(cache);
+	g_clear_pointer(&client, imap_client_free);
 	return status;
 
 fail_host:

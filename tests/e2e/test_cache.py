@@ -17,7 +17,7 @@ The tests (numbers as in the cache issue's "Must show"):
   3 UIDVALIDITY change                8 offline mount (automatic and -o offline)
   4 server stopped while mounted      9 folders deleted/renamed on the server
   5 kill -9 during a 20 MB fetch     10 cache=none, cache=headers
-                                     11 prefetch of big messages stays bounded
+                                     11 prefetch stays bounded; unmount during it
 
 Extra arguments after IMAPFS select tests by number (`... IMAPFS 4 8`).
 TAP output; `1..0 # SKIP` when not runnable.  IMAPFS_E2E_DEBUG=1 mounts in
@@ -35,6 +35,7 @@ import signal
 import socket
 import sqlite3
 import stat
+import subprocess
 import sys
 import tempfile
 import threading
@@ -1347,6 +1348,28 @@ def test_prefetch_window():
                     "reading on to the end: every body byte-exact, each fetched once "
                     "(%d body fetches + prefetches)" % fetched,
                     expected="%d fetches, no mismatch" % n, seen=problems[:3] or fetched)
+        # Unmounted while a batch is in flight (stalled): the daemon ends
+        # the fetch with the connection, then frees the cache, and exits.
+        with Proxy(HOST, S0.port) as px:
+            with CMount(S0, new_cache("t11u"), port=px.port, foreground=True) as m:
+                names, problems = listing(m, f)
+                order = sorted(names, key=lambda u: names[u])
+                read_check(m, f, names, order[:3], problems)
+                px.stall = True
+                time.sleep(0.5)
+                c = m.counters()
+                fusermount(m.path, lazy=True)
+                try:
+                    rc = m.proc.wait(20)
+                except subprocess.TimeoutExpired:
+                    rc = "still running after 20 s"
+                px.stall = False
+                log = [x for x in m.log().splitlines() if "Sanitizer" in x or "ERROR" in x]
+                T.check(not problems and c["cache.prefetch_batches"] >= 1 and rc == 0
+                        and not log,
+                        "fusermount3 -uz while a prefetch batch is in flight: the daemon "
+                        "exits with status 0", expected="status 0, %d batch(es) in flight"
+                        % c["cache.prefetch_batches"], seen=problems[:3] or (rc, log[:3]))
     finally:
         with S0.session() as im:
             fx._ok(im.delete(fx.mailbox_arg(name)), "DELETE")
