@@ -3,7 +3,8 @@
  * Message bodies on disk: bodies/<folder id>/<UIDVALIDITY>/<UID>, names
  * built from numbers only. A body file is complete or absent: it is
  * streamed from the socket into tmp/, its length checked against the
- * literal, fsync'd and renamed into place. Big bodies are read in ranges
+ * literal, and renamed into place; bodies are synced to the disk together
+ * (see "durability"). Big bodies are read in ranges
  * into a partial file that becomes a body file once every range is there.
  */
 #include "cache-private.h"
@@ -55,14 +56,151 @@ void cache_body_remove_folder(Cache *c, guint64 folder_id)
 	g_rmdir(dir);
 }
 
+/* ---- durability ---- */
+
+/*
+ * A fsync() per body made a cold grep -r of 50,000 small messages with the
+ * cache on ext4 take 20 s instead of 9. Bodies are renamed into place
+ * unsynced instead and made durable together: a thread calls syncfs() at
+ * most every SYNC_INTERVAL_US while bodies are being stored, then writes
+ * the time it started to SYNC_MARKER (written, fsync'd, renamed). A clean
+ * stop syncs once more and removes the marker. Found at startup, the
+ * marker says the last run ended without that (a crash, a power loss, a
+ * kill -9): every body file modified since the time it holds (less
+ * SYNC_SLACK_NS, for the coarse clock of file systems) may have lost bytes
+ * and is deleted, to be fetched again. So a body file is complete or
+ * absent, as with a fsync per body.
+ */
+#define SYNC_MARKER "bodies.unsynced"
+#define SYNC_INTERVAL_US (2 * G_USEC_PER_SEC)
+#define SYNC_SLACK_NS G_GINT64_CONSTANT(1000000000)
+
+static char *marker_path(Cache *c)
+{
+	return g_build_filename(c->cfg.dir, SYNC_MARKER, NULL);
+}
+
+/* The time (ns since the epoch) in the marker; FALSE if there is none. An
+ * unreadable marker reads as 0: every body goes. */
+static gboolean marker_read(Cache *c, gint64 *since)
+{
+	g_autofree char *path = marker_path(c);
+	g_autofree char *text = NULL;
+
+	*since = 0;
+	if (!g_file_get_contents(path, &text, NULL, NULL))
+		return g_file_test(path, G_FILE_TEST_EXISTS);
+	*since = g_ascii_strtoll(text, NULL, 10);
+	if (*since < 0)
+		*since = 0;
+	return TRUE;
+}
+
+static gboolean fsync_path(const char *path, int flags)
+{
+	int fd = open(path, flags | O_CLOEXEC);
+	gboolean ok = fd >= 0 && fsync(fd) == 0;
+
+	if (fd >= 0)
+		close(fd);
+	return ok;
+}
+
+static gboolean marker_write(Cache *c, gint64 since)
+{
+	g_autofree char *path = marker_path(c);
+	g_autofree char *tmp = g_strconcat(path, ".tmp", NULL);
+	g_autofree char *text =
+		g_strdup_printf("%" G_GINT64_FORMAT "\n", since);
+
+	return g_file_set_contents(tmp, text, -1, NULL) &&
+	       fsync_path(tmp, O_RDONLY) && rename(tmp, path) == 0 &&
+	       fsync_path(c->cfg.dir, O_RDONLY | O_DIRECTORY);
+}
+
+/* Everything written so far is on the disk: TRUE if so. */
+static gboolean sync_bodies(Cache *c)
+{
+	int fd = open(c->body_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	gboolean ok = fd >= 0 && syncfs(fd) == 0;
+
+	if (!ok)
+		g_warning("cannot sync the cached bodies: %s",
+			  g_strerror(errno));
+	if (fd >= 0)
+		close(fd);
+	return ok;
+}
+
+static gpointer syncer_main(gpointer data)
+{
+	Cache *c = data;
+
+	g_mutex_lock(&c->lock);
+	while (!c->sync_stop) {
+		gint64 until, start;
+
+		if (!c->sync_pending) {
+			g_cond_wait(&c->sync_cond, &c->lock);
+			continue;
+		}
+		until = g_get_monotonic_time() + SYNC_INTERVAL_US;
+		while (!c->sync_stop &&
+		       g_cond_wait_until(&c->sync_cond, &c->lock, until))
+			;
+		if (c->sync_stop)
+			break;
+		c->sync_pending = FALSE;
+		g_mutex_unlock(&c->lock);
+		start = g_get_real_time() * 1000;
+		if (sync_bodies(c) && !marker_write(c, start))
+			g_warning("cannot write %s in %s", SYNC_MARKER,
+				  c->cfg.dir);
+		g_mutex_lock(&c->lock);
+	}
+	g_mutex_unlock(&c->lock);
+	return NULL;
+}
+
+/* Only bodies that outlive the mount need it: with cache=headers or none
+ * the next mount starts without bodies anyway. */
+void cache_syncer_start(Cache *c)
+{
+	if (c->cfg.keep == CACHE_KEEP_FULL)
+		c->syncer = g_thread_new("cache-sync", syncer_main, c);
+}
+
+/* After the last body is stored (the client is gone): one more sync, and
+ * the marker goes. */
+void cache_syncer_stop(Cache *c)
+{
+	g_autofree char *path = marker_path(c);
+
+	if (!c->syncer)
+		return;
+	g_mutex_lock(&c->lock);
+	c->sync_stop = TRUE;
+	g_cond_signal(&c->sync_cond);
+	g_mutex_unlock(&c->lock);
+	g_thread_join(c->syncer);
+	c->syncer = NULL;
+	if (sync_bodies(c) && (g_unlink(path) == 0 || errno == ENOENT))
+		fsync_path(c->cfg.dir, O_RDONLY | O_DIRECTORY);
+}
+
 /* ---- the size limit ---- */
 
-/* Total bytes of body files, counted once at startup. */
+/* Total bytes of body files, counted once at startup; after a run that
+ * did not end cleanly, the bodies it may not have synced are deleted
+ * first (see "durability"). */
 void cache_body_scan(Cache *c)
 {
 	g_autoptr(GDir) d = g_dir_open(c->body_dir, 0, NULL);
 	const char *folder;
 	guint64 total = 0;
+	gint64 since;
+	gboolean unclean = marker_read(c, &since);
+	guint dropped = 0;
 
 	while (d && (folder = g_dir_read_name(d))) {
 		g_autofree char *fdir =
@@ -81,10 +219,34 @@ void cache_body_scan(Cache *c)
 					g_build_filename(gdir, f, NULL);
 				struct stat st;
 
-				if (stat(p, &st) == 0)
-					total += (guint64)st.st_size;
+				if (stat(p, &st) != 0)
+					continue;
+				if (unclean &&
+				    (gint64)st.st_mtim.tv_sec * 1000000000 +
+						    st.st_mtim.tv_nsec >=
+					    since - SYNC_SLACK_NS) {
+					if (g_unlink(p) == 0)
+						dropped++;
+					continue;
+				}
+				total += (guint64)st.st_size;
 			}
 		}
+	}
+	if (dropped)
+		g_message("the last run did not end cleanly: %u cached "
+			  "bodies it may not have written whole are dropped "
+			  "(fetched again when read)",
+			  dropped);
+	/* From here every body on disk is whole: the deletions are durable
+	 * before the marker says so. */
+	if (c->cfg.keep != CACHE_KEEP_FULL) {
+		g_autofree char *path = marker_path(c);
+
+		g_unlink(path);
+	} else if (!(unclean && !sync_bodies(c)) &&
+		   !marker_write(c, g_get_real_time() * 1000)) {
+		g_warning("cannot write %s in %s", SYNC_MARKER, c->cfg.dir);
 	}
 	g_mutex_lock(&c->lock);
 	c->body_bytes = total;
@@ -107,6 +269,10 @@ void cache_body_unlink_locked(Cache *c, const char *path)
 
 static void body_stored_locked(Cache *c, guint64 size)
 {
+	if (!c->sync_pending) {
+		c->sync_pending = TRUE;
+		g_cond_signal(&c->sync_cond);
+	}
 	c->body_bytes += size;
 	if (c->cfg.size_limit && c->body_bytes > c->cfg.size_limit)
 		c->evict_needed = TRUE;
@@ -226,7 +392,7 @@ gboolean cache_body_store(Cache *c, const char *path, const char *data,
 			break;
 		done += (gsize)n;
 	}
-	if (done != len || fsync(fd) < 0 || rename(tmp, path) < 0) {
+	if (done != len || rename(tmp, path) < 0) {
 		close(fd);
 		g_unlink(tmp);
 		return FALSE;
@@ -504,7 +670,8 @@ static gboolean fetch_untagged_cb(const ImapResponse *resp, gpointer user_data)
 			f->ids_by_uid, GUINT_TO_POINTER(fd->uid))),
 	};
 
-	if (fsync(h->fd) < 0 || !rename_into_place(h->tmp_path, path)) {
+	/* Not synced: see "durability". */
+	if (!rename_into_place(h->tmp_path, path)) {
 		g_warning("cannot store a body as %s: %s", path,
 			  g_strerror(errno));
 		return TRUE;
@@ -928,7 +1095,7 @@ static gboolean partial_fill(Cache *c, CacheMessage *m, Partial *p, guint first,
 		/* Every range is there: it is a complete body now. */
 		g_autofree char *path = cache_body_path(c, m);
 
-		if (fsync(p->fd) == 0 && rename_into_place(p->tmp_path, path)) {
+		if (rename_into_place(p->tmp_path, path)) {
 			g_clear_pointer(&p->tmp_path, g_free);
 			g_mutex_lock(&c->lock);
 			body_stored_locked(c, m->size);

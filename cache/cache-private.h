@@ -105,6 +105,11 @@ struct _Cache {
 	GThread *mover;
 	GCond mover_cond;
 	gboolean mover_stop;
+	/* Body files are made durable together (body.c, "durability"). */
+	GThread *syncer;
+	GCond sync_cond;
+	gboolean sync_pending; /* a body stored since the last syncfs() */
+	gboolean sync_stop;
 	CacheCounters counters;
 	gint64 quota_checked;
 	guint64 quota_used, quota_limit;
@@ -151,6 +156,8 @@ gboolean cache_db_exec(Cache *c, const char *sql, GError **error);
 char *cache_body_path(Cache *c, const CacheMessage *m);
 void cache_body_remove_folder(Cache *c, guint64 folder_id);
 void cache_body_scan(Cache *c);
+void cache_syncer_start(Cache *c);
+void cache_syncer_stop(Cache *c);
 void cache_body_unlink_locked(Cache *c, const char *path);
 /* Write a complete body file (tmp, fsync, rename). */
 gboolean cache_body_store(Cache *c, const char *path, const char *data,

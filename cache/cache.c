@@ -293,6 +293,7 @@ Cache *cache_open(ImapClient *client, const CacheConfig *cfg, GError **error)
 	g_mutex_init(&c->lock);
 	g_mutex_init(&c->refresh_lock);
 	g_cond_init(&c->fetch_cond);
+	g_cond_init(&c->sync_cond);
 	c->folders = g_hash_table_new_full(g_int64_hash, g_int64_equal, g_free,
 					   (GDestroyNotify)cache_folder_unref);
 	c->folder_ids =
@@ -326,6 +327,7 @@ Cache *cache_open(ImapClient *client, const CacheConfig *cfg, GError **error)
 	}
 	load_folders(c);
 	cache_body_scan(c);
+	cache_syncer_start(c);
 	cache_movers_start(c);
 	cache_watch_start(c);
 	return g_steal_pointer(&c);
@@ -342,6 +344,7 @@ void cache_free(Cache *c)
 	if (!c)
 		return;
 	cache_stop(c);
+	cache_syncer_stop(c);
 	cache_db_close(c);
 	if (c->cfg.keep == CACHE_KEEP_NONE)
 		remove_tree(c->body_dir);
@@ -356,6 +359,7 @@ void cache_free(Cache *c)
 	g_mutex_clear(&c->lock);
 	g_mutex_clear(&c->refresh_lock);
 	g_cond_clear(&c->fetch_cond);
+	g_cond_clear(&c->sync_cond);
 	g_free(c->body_dir);
 	g_free(c->tmp_dir);
 	g_free(c->cfg.dir);
