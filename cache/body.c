@@ -118,18 +118,28 @@ static gboolean marker_write(Cache *c, gint64 since)
 	       fsync_path(c->cfg.dir, O_RDONLY | O_DIRECTORY);
 }
 
-/* Everything written so far is on the disk: TRUE if so. */
+/* Everything written so far is on the disk: TRUE if so. Through a
+ * descriptor opened before the first body was written, so that syncfs()
+ * reports every write-back error since. */
 static gboolean sync_bodies(Cache *c)
 {
-	int fd = open(c->body_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	gboolean ok = fd >= 0 && syncfs(fd) == 0;
+	gboolean ok = c->sync_fd >= 0 && syncfs(c->sync_fd) == 0;
 
 	if (!ok)
 		g_warning("cannot sync the cached bodies: %s",
-			  g_strerror(errno));
-	if (fd >= 0)
-		close(fd);
+			  c->sync_fd >= 0 ? g_strerror(errno)
+					  : "bodies/ did not open");
 	return ok;
+}
+
+/* A body was stored, or a cached one opened (its mtime, the eviction
+ * order, moved): the next sync moves the marker past it. */
+static void sync_note_locked(Cache *c)
+{
+	if (!c->sync_pending) {
+		c->sync_pending = TRUE;
+		g_cond_signal(&c->sync_cond);
+	}
 }
 
 static gpointer syncer_main(gpointer data)
@@ -162,12 +172,11 @@ static gpointer syncer_main(gpointer data)
 	return NULL;
 }
 
-/* Only bodies that outlive the mount need it: with cache=headers or none
- * the next mount starts without bodies anyway. */
+/* In every cache mode: bodies of cache=headers outlive a clean stop, and
+ * a later mount may keep them. */
 void cache_syncer_start(Cache *c)
 {
-	if (c->cfg.keep == CACHE_KEEP_FULL)
-		c->syncer = g_thread_new("cache-sync", syncer_main, c);
+	c->syncer = g_thread_new("cache-sync", syncer_main, c);
 }
 
 /* After the last body is stored (the client is gone): one more sync, and
@@ -201,6 +210,8 @@ void cache_body_scan(Cache *c)
 	gint64 since;
 	gboolean unclean = marker_read(c, &since);
 	guint dropped = 0;
+
+	c->sync_fd = open(c->body_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 
 	while (d && (folder = g_dir_read_name(d))) {
 		g_autofree char *fdir =
@@ -239,14 +250,14 @@ void cache_body_scan(Cache *c)
 			  "(fetched again when read)",
 			  dropped);
 	/* From here every body on disk is whole: the deletions are durable
-	 * before the marker says so. */
-	if (c->cfg.keep != CACHE_KEEP_FULL) {
-		g_autofree char *path = marker_path(c);
-
-		g_unlink(path);
-	} else if (!(unclean && !sync_bodies(c)) &&
-		   !marker_write(c, g_get_real_time() * 1000)) {
-		g_warning("cannot write %s in %s", SYNC_MARKER, c->cfg.dir);
+	 * before the marker says so. Without a marker, nothing would tell
+	 * the next mount which bodies to distrust: sync each one then. */
+	if ((unclean && !sync_bodies(c)) ||
+	    !marker_write(c, g_get_real_time() * 1000)) {
+		g_warning("cannot write %s in %s: every cached body is synced "
+			  "on its own",
+			  SYNC_MARKER, c->cfg.dir);
+		c->sync_each = TRUE;
 	}
 	g_mutex_lock(&c->lock);
 	c->body_bytes = total;
@@ -269,10 +280,7 @@ void cache_body_unlink_locked(Cache *c, const char *path)
 
 static void body_stored_locked(Cache *c, guint64 size)
 {
-	if (!c->sync_pending) {
-		c->sync_pending = TRUE;
-		g_cond_signal(&c->sync_cond);
-	}
+	sync_note_locked(c);
 	c->body_bytes += size;
 	if (c->cfg.size_limit && c->body_bytes > c->cfg.size_limit)
 		c->evict_needed = TRUE;
@@ -392,7 +400,8 @@ gboolean cache_body_store(Cache *c, const char *path, const char *data,
 			break;
 		done += (gsize)n;
 	}
-	if (done != len || rename(tmp, path) < 0) {
+	if (done != len || (c->sync_each && fsync(fd) < 0) ||
+	    rename(tmp, path) < 0) {
 		close(fd);
 		g_unlink(tmp);
 		return FALSE;
@@ -502,15 +511,22 @@ typedef struct {
 	int error; /* errno of a failed write; the rest is dropped */
 } FileHandle;
 
+/* A body file not renamed into place never becomes a body. (A range's
+ * descriptor, without a path, belongs to its partial.) */
+static void handle_discard(FileHandle *h)
+{
+	if (!h->tmp_path)
+		return;
+	if (h->fd >= 0)
+		close(h->fd);
+	h->fd = -1;
+	g_unlink(h->tmp_path);
+	g_clear_pointer(&h->tmp_path, g_free);
+}
+
 static void file_handle_free(FileHandle *h)
 {
-	if (h->tmp_path) {
-		/* Not renamed into place: it never becomes a body. */
-		g_unlink(h->tmp_path);
-		g_free(h->tmp_path);
-	}
-	if (h->fd >= 0 && h->tmp_path)
-		close(h->fd);
+	handle_discard(h);
 	g_free(h);
 }
 
@@ -616,26 +632,11 @@ static gboolean rename_into_place(const char *from, const char *to)
 	return g_mkdir_with_parents(dir, 0700) == 0 && rename(from, to) == 0;
 }
 
-/* A complete FETCH response: put its body where it belongs. Runs on the
- * connection's thread. */
-static gboolean fetch_untagged_cb(const ImapResponse *resp, gpointer user_data)
+/* Put a complete body where it belongs, if it is one we asked for. */
+static void store_fetched_body(Fetch *f, const ImapFetchData *fd, FileHandle *h)
 {
-	Fetch *f = user_data;
-	g_autoptr(ImapFetchData) fd = NULL;
-	const ImapFetchSection *sec;
-	FileHandle *h;
-
-	if (g_strcmp0(resp->keyword, "FETCH") != 0)
-		return FALSE;
-	fd = imap_decode_fetch(resp, NULL);
-	if (!fd || !(fd->has & IMAP_FETCH_HAS_UID))
-		return TRUE;
-	sec = imap_fetch_data_section(fd, "");
-	if (!sec || !sec->value || sec->value->type != IMAP_VALUE_STREAMED)
-		return TRUE; /* flags of another client's change, or NIL */
-	h = sec->value->sink_handle;
 	if (!h->complete)
-		return TRUE;
+		return;
 	/* An empty body is what Dovecot sends for a message another client
 	 * expunged (with OK [EXPUNGEISSUED]): stored only when the server
 	 * had announced an empty message, never in place of a real one. */
@@ -645,7 +646,7 @@ static gboolean fetch_untagged_cb(const ImapResponse *resp, gpointer user_data)
 		g_autoptr(CacheMessage) known = cache_message_get(f->c, mid);
 
 		if (f->range_fd >= 0 || !known || known->size != 0)
-			return TRUE;
+			return;
 	}
 	if (f->range_fd >= 0) {
 		if (fd->uid == GPOINTER_TO_UINT(g_hash_table_lookup(
@@ -656,10 +657,10 @@ static gboolean fetch_untagged_cb(const ImapResponse *resp, gpointer user_data)
 			f->range_got = h->written;
 			f->range_done = TRUE;
 		}
-		return TRUE;
+		return;
 	}
 	if (!g_hash_table_contains(f->ids_by_uid, GUINT_TO_POINTER(fd->uid)))
-		return TRUE;
+		return;
 
 	CacheMessage tmp = {.folder_id = f->folder_id,
 			    .uidvalidity = f->uidvalidity,
@@ -670,11 +671,12 @@ static gboolean fetch_untagged_cb(const ImapResponse *resp, gpointer user_data)
 			f->ids_by_uid, GUINT_TO_POINTER(fd->uid))),
 	};
 
-	/* Not synced: see "durability". */
-	if (!rename_into_place(h->tmp_path, path)) {
+	/* Not synced (see "durability") unless no marker could be written. */
+	if ((f->c->sync_each && fsync(h->fd) < 0) ||
+	    !rename_into_place(h->tmp_path, path)) {
 		g_warning("cannot store a body as %s: %s", path,
 			  g_strerror(errno));
-		return TRUE;
+		return;
 	}
 	g_clear_pointer(&h->tmp_path, g_free);
 	ph.block = read_header_block(h->fd, h->written);
@@ -713,6 +715,30 @@ static gboolean fetch_untagged_cb(const ImapResponse *resp, gpointer user_data)
 	g_hash_table_remove(f->c->fetching, &id);
 	g_cond_broadcast(&f->c->fetch_cond);
 	g_mutex_unlock(&f->c->lock);
+}
+
+/* A complete FETCH response: put its body where it belongs. Runs on the
+ * connection's thread. */
+static gboolean fetch_untagged_cb(const ImapResponse *resp, gpointer user_data)
+{
+	Fetch *f = user_data;
+	g_autoptr(ImapFetchData) fd = NULL;
+	const ImapFetchSection *sec;
+	FileHandle *h;
+
+	if (g_strcmp0(resp->keyword, "FETCH") != 0)
+		return FALSE;
+	fd = imap_decode_fetch(resp, NULL);
+	if (!fd || !(fd->has & IMAP_FETCH_HAS_UID))
+		return TRUE;
+	sec = imap_fetch_data_section(fd, "");
+	if (!sec || !sec->value || sec->value->type != IMAP_VALUE_STREAMED)
+		return TRUE; /* flags of another client's change, or NIL */
+	h = sec->value->sink_handle;
+	store_fetched_body(f, fd, h);
+	/* What was not kept goes now, not when the batch ends: a batch of
+	 * thousands of bodies (a full disk) would hold as many files open. */
+	handle_discard(h);
 	return TRUE;
 }
 
@@ -1095,7 +1121,10 @@ static gboolean partial_fill(Cache *c, CacheMessage *m, Partial *p, guint first,
 		/* Every range is there: it is a complete body now. */
 		g_autofree char *path = cache_body_path(c, m);
 
-		if (rename_into_place(p->tmp_path, path)) {
+		/* Synced: its ranges were written in any order into a
+		 * file of full length, so a torn one would not show in its
+		 * size, and with lazytime not in its mtime either. */
+		if (fsync(p->fd) == 0 && rename_into_place(p->tmp_path, path)) {
 			g_clear_pointer(&p->tmp_path, g_free);
 			g_mutex_lock(&c->lock);
 			body_stored_locked(c, m->size);
@@ -1236,6 +1265,9 @@ static gboolean body_open_file(CacheBody *b)
 	/* Recently used: the eviction order is the mtime. */
 	futimens(b->fd, (const struct timespec[2]){{.tv_nsec = UTIME_OMIT},
 						   {.tv_nsec = UTIME_NOW}});
+	g_mutex_lock(&b->c->lock);
+	sync_note_locked(b->c);
+	g_mutex_unlock(&b->c->lock);
 	return TRUE;
 }
 

@@ -110,6 +110,8 @@ struct _Cache {
 	GCond sync_cond;
 	gboolean sync_pending; /* a body stored since the last syncfs() */
 	gboolean sync_stop;
+	gboolean sync_each; /* no marker could be written: a fsync per body */
+	int sync_fd; /* bodies/, open before the first body is written */
 	CacheCounters counters;
 	gint64 quota_checked;
 	guint64 quota_used, quota_limit;

@@ -294,6 +294,7 @@ Cache *cache_open(ImapClient *client, const CacheConfig *cfg, GError **error)
 	g_mutex_init(&c->refresh_lock);
 	g_cond_init(&c->fetch_cond);
 	g_cond_init(&c->sync_cond);
+	c->sync_fd = -1;
 	c->folders = g_hash_table_new_full(g_int64_hash, g_int64_equal, g_free,
 					   (GDestroyNotify)cache_folder_unref);
 	c->folder_ids =
@@ -345,6 +346,8 @@ void cache_free(Cache *c)
 		return;
 	cache_stop(c);
 	cache_syncer_stop(c);
+	if (c->sync_fd >= 0)
+		close(c->sync_fd);
 	cache_db_close(c);
 	if (c->cfg.keep == CACHE_KEEP_NONE)
 		remove_tree(c->body_dir);

@@ -1307,7 +1307,14 @@ def test_cache_modes():
         for f in folders:
             read_check(m, f, names[f.raw], sorted(f.msgs), problems)
         T.none_of(problems, "cache=headers: lists and reads byte-exact")
+        # Its bodies outlive a clean stop, and a cache=full mount may keep
+        # them: they are synced like any others.
+        marker = os.path.join(cache, "bodies.unsynced")
+        T.check(os.path.exists(marker), "cache=headers: bodies.unsynced is there while mounted",
+                expected="present", seen="absent")
         unmount(m, "cache=headers")
+        T.check(not os.path.exists(marker), "cache=headers: the clean unmount removes it",
+                expected="absent", seen="present")
     with CMount(S0, cache, options=["cache=headers"]) as m:
         files = body_files(cache)
         T.check(not files, "cache=headers: at the next mount bodies/ is empty",
