@@ -161,6 +161,8 @@ static gpointer syncer_main(gpointer data)
 		if (c->sync_stop)
 			break;
 		c->sync_pending = FALSE;
+		if (c->sync_each)
+			continue; /* each body was synced on its own */
 		g_mutex_unlock(&c->lock);
 		start = g_get_real_time() * 1000;
 		if (sync_bodies(c) && !marker_write(c, start))
@@ -252,7 +254,7 @@ void cache_body_scan(Cache *c)
 	/* From here every body on disk is whole: the deletions are durable
 	 * before the marker says so. Without a marker, nothing would tell
 	 * the next mount which bodies to distrust: sync each one then. */
-	if ((unclean && !sync_bodies(c)) ||
+	if (c->sync_fd < 0 || (unclean && !sync_bodies(c)) ||
 	    !marker_write(c, g_get_real_time() * 1000)) {
 		g_warning("cannot write %s in %s: every cached body is synced "
 			  "on its own",
