@@ -110,7 +110,7 @@ struct _Cache {
 	GCond sync_cond;
 	gboolean sync_pending; /* a body stored since the last syncfs() */
 	gboolean sync_stop;
-	gboolean sync_each; /* no marker could be written: a fsync per body */
+	gboolean sync_each; /* no marker or no sync_fd: a fsync per body */
 	int sync_fd; /* bodies/, open before the first body is written */
 	CacheCounters counters;
 	gint64 quota_checked;
@@ -161,7 +161,7 @@ void cache_body_scan(Cache *c);
 void cache_syncer_start(Cache *c);
 void cache_syncer_stop(Cache *c);
 void cache_body_unlink_locked(Cache *c, const char *path);
-/* Write a complete body file (tmp, fsync, rename). */
+/* Write a complete body file (tmp, rename; synced as in "durability"). */
 gboolean cache_body_store(Cache *c, const char *path, const char *data,
 			  gsize len);
 /* Does a SELECT's answer (IMAP_EVENT_SELECTED) show the folder as its last
