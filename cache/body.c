@@ -63,7 +63,7 @@ void cache_body_remove_folder(Cache *c, guint64 folder_id)
  * cache on ext4 take 20 s instead of 9. Bodies are renamed into place
  * unsynced instead and made durable together: a thread calls syncfs() at
  * most every SYNC_INTERVAL_US while bodies are being stored, then writes
- * the time it started to SYNC_MARKER (written, fsync'd, renamed). A clean
+ * the time it started to SYNC_MARKER (fsync'd, renamed into place). A clean
  * stop syncs once more and removes the marker. Found at startup, the
  * marker says the last run ended without that (a crash, a power loss, a
  * kill -9): every body file modified since the time it holds (less
@@ -96,9 +96,10 @@ static gboolean marker_read(Cache *c, gint64 *since)
 	return TRUE;
 }
 
-static gboolean fsync_path(const char *path, int flags)
+/* The renames and unlinks in the cache directory are durable. */
+static gboolean fsync_cache_dir(Cache *c)
 {
-	int fd = open(path, flags | O_CLOEXEC);
+	int fd = open(c->cfg.dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 	gboolean ok = fd >= 0 && fsync(fd) == 0;
 
 	if (fd >= 0)
@@ -106,16 +107,18 @@ static gboolean fsync_path(const char *path, int flags)
 	return ok;
 }
 
+/* Written to a temporary file, fsync'd and renamed over the old one. */
 static gboolean marker_write(Cache *c, gint64 since)
 {
 	g_autofree char *path = marker_path(c);
-	g_autofree char *tmp = g_strconcat(path, ".tmp", NULL);
 	g_autofree char *text =
 		g_strdup_printf("%" G_GINT64_FORMAT "\n", since);
 
-	return g_file_set_contents(tmp, text, -1, NULL) &&
-	       fsync_path(tmp, O_RDONLY) && rename(tmp, path) == 0 &&
-	       fsync_path(c->cfg.dir, O_RDONLY | O_DIRECTORY);
+	return g_file_set_contents_full(path, text, -1,
+					G_FILE_SET_CONTENTS_CONSISTENT |
+						G_FILE_SET_CONTENTS_DURABLE,
+					0600, NULL) &&
+	       fsync_cache_dir(c);
 }
 
 /* Everything written so far is on the disk: TRUE if so. Through a
@@ -196,7 +199,7 @@ void cache_syncer_stop(Cache *c)
 	g_thread_join(c->syncer);
 	c->syncer = NULL;
 	if (sync_bodies(c) && (g_unlink(path) == 0 || errno == ENOENT))
-		fsync_path(c->cfg.dir, O_RDONLY | O_DIRECTORY);
+		fsync_cache_dir(c);
 }
 
 /* ---- the size limit ---- */

@@ -1337,17 +1337,17 @@ def test_cache_modes():
         T.none_of(bad, "cache=headers: next mount lists every folder with <= 1 round trip "
                   "(the resync) and the same names (%s)" % ", ".join(per))
 
-    # No marker can be written (its temporary name is taken by a
-    # directory): the mount says so and syncs each body on its own.
+    # No marker can be written (its name is taken by a directory): the
+    # mount says so and syncs each body on its own.
     cache = new_cache("t10m")
-    os.makedirs(os.path.join(cache, "bodies.unsynced.tmp"))
+    os.makedirs(os.path.join(cache, "bodies.unsynced"))
     f = next(g for g in folders if g.msgs)
     with CMount(S0, cache) as m:
         names, problems = listing(m, f)
         read_check(m, f, names, sorted(f.msgs)[:2], problems)
         said = [x for x in m.log().splitlines() if "bodies.unsynced" in x]
         T.check(not problems and said and len(body_files(cache)) >= 2
-                and not os.path.exists(os.path.join(cache, "bodies.unsynced")),
+                and not os.path.isfile(os.path.join(cache, "bodies.unsynced")),
                 "no marker can be written: a warning, no marker, and the bodies read and kept",
                 expected="a warning line, 2 or more body files", seen=(problems[:2], said[:1],
                                                               sorted(body_files(cache))))
