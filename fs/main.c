@@ -228,12 +228,13 @@ static gboolean apply_config(RawOptions *raw, GError **error)
 	g_autofree char *path = g_build_filename(g_get_user_config_dir(),
 						 "imapfs", "config", NULL);
 	g_autoptr(GKeyFile) kf = g_key_file_new();
-	const char *section;
+	g_autofree char *section = NULL;
 	g_autoptr(GError) local = NULL;
 
 	if (raw->positional->len < 1)
 		return TRUE;
-	section = raw->positional->pdata[0];
+	/* A copy: the host replaces the section's name below. */
+	section = g_strdup(raw->positional->pdata[0]);
 	if (!g_key_file_load_from_file(kf, path, G_KEY_FILE_NONE, &local)) {
 		if (g_error_matches(local, G_FILE_ERROR, G_FILE_ERROR_NOENT))
 			return TRUE;
@@ -720,6 +721,11 @@ int main(int argc, char **argv)
 	    !options_from_raw(&raw, &opts, &error)) {
 		fprintf(stderr, "imapfs: %s\n", error->message);
 		goto out;
+	}
+	if (opts.ro) {
+		/* Also when it came from the config file: the kernel refuses
+		 * writes before they reach us (opens do not, see ops.c). */
+		fuse_opt_add_arg(&args, "-oro");
 	}
 	if (raw.allow_other && !raw.default_permissions) {
 		/* Other users get in only through the kernel's checks. */
