@@ -64,6 +64,7 @@ typedef struct {
 	GMutex handles_lock;
 	GHashTable *open_dirs;
 	GHashTable *open_files;
+	GQueue *shared; /* read-only mounts: SharedHandle, latest first */
 	/* watch.c */
 	struct fuse_session *se;
 	guint poll_s;

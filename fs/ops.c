@@ -564,6 +564,110 @@ static void handle_free(Handle *h)
 	g_free(h);
 }
 
+/* A handle to read message @ino. */
+static Handle *message_handle(Fs *fs, fuse_ino_t ino, GError **error)
+{
+	CacheBody *body = cache_body_open(fs->cache, ino - INO_MSG_BASE, error);
+	Handle *h;
+
+	if (!body)
+		return NULL;
+	h = g_new0(Handle, 1);
+	h->body = body;
+	h->size_shown = cache_body_size(body);
+	return h;
+}
+
+/*
+ * A read-only mount does without OPEN and RELEASE: its first open is
+ * answered ENOSYS, and from then on the kernel opens and closes files on
+ * its own, keeping their page cache (the bytes of a message never change),
+ * and sends FLUSH once, which gets ENOSYS too. A second grep -r over cached
+ * mail then costs no request at all; with opens it cost two per file, a
+ * round trip through this daemon each time (30 us here against 3 us for a
+ * local open). A read-write mount needs them: saving a message is an open
+ * for writing and a close.
+ *
+ * Reads then come without a handle of ours: they find one here by inode.
+ * The last few files read stay open, the oldest is closed when another
+ * comes in; a read holds a reference, so a handle closed meanwhile lives
+ * until that read is answered.
+ */
+#define SHARED_HANDLES 16
+
+typedef struct {
+	fuse_ino_t ino;
+	gint ref;
+	GMutex lock; /* one read at a time: a CacheBody is not shared */
+	Handle *h;
+} SharedHandle;
+
+static void shared_handle_unref(SharedHandle *sh)
+{
+	if (!sh || !g_atomic_int_dec_and_test(&sh->ref))
+		return;
+	handle_free(sh->h);
+	g_mutex_clear(&sh->lock);
+	g_free(sh);
+}
+
+/* The handle of @ino, made the latest, with a reference for the caller. */
+static SharedHandle *shared_handle_find_locked(Fs *fs, fuse_ino_t ino)
+{
+	for (GList *l = fs->shared->head; l; l = l->next) {
+		SharedHandle *sh = l->data;
+
+		if (sh->ino != ino)
+			continue;
+		g_queue_unlink(fs->shared, l);
+		g_queue_push_head_link(fs->shared, l);
+		g_atomic_int_inc(&sh->ref);
+		return sh;
+	}
+	return NULL;
+}
+
+static SharedHandle *shared_handle_get(Fs *fs, fuse_ino_t ino, GError **error)
+{
+	SharedHandle *sh, *found, *oldest = NULL;
+	Handle *h;
+
+	g_mutex_lock(&fs->handles_lock);
+	sh = shared_handle_find_locked(fs, ino);
+	g_mutex_unlock(&fs->handles_lock);
+	if (sh)
+		return sh;
+	/* No local files here: a read-only mount makes none. */
+	if (!ino_is_message(ino)) {
+		g_set_error(error, CACHE_ERROR, CACHE_ERROR_NOT_FOUND,
+			    "no such message");
+		return NULL;
+	}
+	if (!(h = message_handle(fs, ino, error)))
+		return NULL;
+	sh = g_new0(SharedHandle, 1);
+	sh->ino = ino;
+	sh->ref = 2; /* the list's and the caller's */
+	g_mutex_init(&sh->lock);
+	sh->h = h;
+	g_mutex_lock(&fs->handles_lock);
+	found = shared_handle_find_locked(fs, ino);
+	if (!found) {
+		g_queue_push_head(fs->shared, sh);
+		if (fs->shared->length > SHARED_HANDLES)
+			oldest = g_queue_pop_tail(fs->shared);
+	}
+	g_mutex_unlock(&fs->handles_lock);
+	shared_handle_unref(oldest);
+	if (found) {
+		/* Another read made one first. */
+		sh->ref = 1;
+		shared_handle_unref(sh);
+		return found;
+	}
+	return sh;
+}
+
 /*
  * Open files and directories are also kept here, for the end: a RELEASE
  * the kernel had no time to send before an unmount by signal would leave
@@ -576,12 +680,14 @@ void fs_handles_init(Fs *fs)
 		NULL, NULL, (GDestroyNotify)dir_handle_free, NULL);
 	fs->open_files = g_hash_table_new_full(
 		NULL, NULL, (GDestroyNotify)handle_free, NULL);
+	fs->shared = g_queue_new();
 }
 
 void fs_handles_clear(Fs *fs)
 {
 	g_hash_table_unref(fs->open_dirs);
 	g_hash_table_unref(fs->open_files);
+	g_queue_free_full(fs->shared, (GDestroyNotify)shared_handle_unref);
 	g_mutex_clear(&fs->handles_lock);
 }
 
@@ -623,9 +729,10 @@ static void fs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	Handle *h = g_new0(Handle, 1);
 
 	count_op(fs, FS_OP_OPEN);
-	if (writing && fs->ro) {
+	if (fs->ro) {
+		/* No handles: see SharedHandle. */
 		g_free(h);
-		return (void)fuse_reply_err(req, EROFS);
+		return (void)fuse_reply_err(req, writing ? EROFS : ENOSYS);
 	}
 	if (fs_ino_is_local(ino)) {
 		h->local = fs_local_get(fs, ino);
@@ -657,13 +764,9 @@ static void fs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 			}
 			fi->direct_io = 1;
 		} else {
-			h->body = cache_body_open(fs->cache, ino - INO_MSG_BASE,
-						  &error);
-			if (!h->body) {
-				g_free(h);
+			g_free(h);
+			if (!(h = message_handle(fs, ino, &error)))
 				return reply_error(req, error);
-			}
-			h->size_shown = cache_body_size(h->body);
 			/* The bytes of a message never change: keep the
 			 * page cache. */
 			fi->keep_cache = 1;
@@ -699,15 +802,13 @@ static char *read_buffer(size_t size)
 	return (char *)b->data;
 }
 
-static void fs_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
-		    struct fuse_file_info *fi)
+static void read_reply(fuse_req_t req, fuse_ino_t ino, Handle *h, size_t size,
+		       off_t off)
 {
-	Handle *h = handle_of(fi);
 	g_autoptr(GError) error = NULL;
 	char *buf = read_buffer(size);
 	gssize n;
 
-	count_op(fs_of(req), FS_OP_READ);
 	if (h->local && h->local->fd >= 0) {
 		n = pread(h->local->fd, buf, size, off);
 		if (n < 0)
@@ -745,6 +846,25 @@ static void fs_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 	fuse_reply_buf(req, buf, (size_t)n);
 }
 
+static void fs_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
+		    struct fuse_file_info *fi)
+{
+	Fs *fs = fs_of(req);
+	g_autoptr(GError) error = NULL;
+	SharedHandle *sh;
+
+	count_op(fs, FS_OP_READ);
+	if (handle_of(fi))
+		return read_reply(req, ino, handle_of(fi), size, off);
+	/* A read-only mount's file, opened without us. */
+	if (!(sh = shared_handle_get(fs, ino, &error)))
+		return reply_error(req, error);
+	g_mutex_lock(&sh->lock);
+	read_reply(req, ino, sh->h, size, off);
+	g_mutex_unlock(&sh->lock);
+	shared_handle_unref(sh);
+}
+
 static void fs_write(fuse_req_t req, fuse_ino_t ino, const char *buf,
 		     size_t size, off_t off, struct fuse_file_info *fi)
 {
@@ -752,7 +872,7 @@ static void fs_write(fuse_req_t req, fuse_ino_t ino, const char *buf,
 	ssize_t n;
 
 	count_op(fs_of(req), FS_OP_MODIFY);
-	if (!h->local || h->local->fd < 0)
+	if (!h || !h->local || h->local->fd < 0)
 		return (void)fuse_reply_err(req, EBADF);
 	n = pwrite(h->local->fd, buf, size, off);
 	if (n < 0)
@@ -844,6 +964,9 @@ static void fs_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	Handle *h = handle_of(fi);
 	g_autoptr(GError) error = NULL;
 
+	/* Opened without us (read-only): nothing to store, ever. */
+	if (!h)
+		return (void)fuse_reply_err(req, ENOSYS);
 	if (h->local && !local_upload(fs, h->local, &error))
 		return reply_error(req, error);
 	fuse_reply_err(req, 0);
@@ -854,7 +977,7 @@ static void fs_fsync(fuse_req_t req, fuse_ino_t ino, int datasync,
 {
 	Handle *h = handle_of(fi);
 
-	if (h->local && h->local->fd >= 0 && fsync(h->local->fd) < 0)
+	if (h && h->local && h->local->fd >= 0 && fsync(h->local->fd) < 0)
 		return (void)fuse_reply_err(req, errno);
 	fuse_reply_err(req, 0);
 }
@@ -865,6 +988,8 @@ static void fs_release(fuse_req_t req, fuse_ino_t ino,
 	Fs *fs = fs_of(req);
 	Handle *h = handle_of(fi);
 
+	if (!h)
+		return (void)fuse_reply_err(req, 0);
 	if (h->local && !fs_is_scratch_name(h->local->name) &&
 	    !h->local->dirty && !h->local->shadow_of && !h->local->unlinked &&
 	    h->local->fd >= 0 && lseek(h->local->fd, 0, SEEK_END) > 0) {

@@ -802,126 +802,134 @@ def test_counters():
 def test_pread():
     """Random offsets and sizes (fixed seed), on a fresh mount, also from
     several threads at once; then the whole file."""
-    rng = random.Random(SEED)
     with Mount(EXE) as m:
-        big = SERVER["Big"]
-        buid = max(big.msgs, key=lambda u: big.msgs[u].size)
-        body = big.msgs[buid].body
-        size = len(body)
-        cases = [(0, 1), (0, 4096), (size - 1, 1), (size - 10, 100), (size, 10),
-                 (size + 12345, 10), (4095, 2), (131071, 3), (size // 2, 1 << 20)]
-        cases += [(rng.randrange(0, size), rng.randrange(1, 256 * 1024)) for _ in range(40)]
-        problems = []
-        fd = os.open(path_of(m.path, "Big", buid), os.O_RDONLY)
+        check_preads(m, "")
+
+
+def check_preads(m, label):
+    rng = random.Random(SEED)
+    big = SERVER["Big"]
+    buid = max(big.msgs, key=lambda u: big.msgs[u].size)
+    body = big.msgs[buid].body
+    size = len(body)
+    cases = [(0, 1), (0, 4096), (size - 1, 1), (size - 10, 100), (size, 10),
+             (size + 12345, 10), (4095, 2), (131071, 3), (size // 2, 1 << 20)]
+    cases += [(rng.randrange(0, size), rng.randrange(1, 256 * 1024)) for _ in range(40)]
+    problems = []
+    fd = os.open(path_of(m.path, "Big", buid), os.O_RDONLY)
+    try:
+        for off, n in cases:
+            got = os.pread(fd, n, off)
+            if got != body[off:off + n]:
+                problems.append("Big pread(offset %d, %d bytes): %s" % (
+                    off, n, describe_mismatch(got, body[off:off + n])))
+    finally:
+        os.close(fd)
+    T.none_of(problems, label + "pread at %d offsets of the 20 MB message" % len(cases))
+
+    problems = []
+    inbox = SERVER["INBOX"]
+    for uid in sorted(inbox.msgs):
+        b = inbox.msgs[uid].body
+        fd = os.open(path_of(m.path, "INBOX", uid), os.O_RDONLY)
         try:
-            for off, n in cases:
+            for _ in range(3):
+                off = rng.randrange(0, len(b) + 1)
+                n = rng.randrange(1, 3000)
                 got = os.pread(fd, n, off)
-                if got != body[off:off + n]:
-                    problems.append("Big pread(offset %d, %d bytes): %s" % (
-                        off, n, describe_mismatch(got, body[off:off + n])))
+                if got != b[off:off + n]:
+                    problems.append("INBOX UID %d pread(offset %d, %d bytes): %s" % (
+                        uid, off, n, describe_mismatch(got, b[off:off + n])))
         finally:
             os.close(fd)
-        T.none_of(problems, "pread at %d offsets of the 20 MB message" % len(cases))
+    T.none_of(problems, label + "pread at random offsets of every INBOX message")
 
-        problems = []
-        inbox = SERVER["INBOX"]
-        for uid in sorted(inbox.msgs):
-            b = inbox.msgs[uid].body
-            fd = os.open(path_of(m.path, "INBOX", uid), os.O_RDONLY)
+    # Several readers at once: other folders' messages and the Big one.
+    jobs = [("Big", buid)] * 2 + [(f.raw, u) for f in selectable()
+                                  if f.raw not in ("INBOX", "Big") for u in f.msgs]
+    results = []
+    lock = threading.Lock()
+
+    def reader(k):
+        r = random.Random(SEED + k)
+        out = []
+        for raw, uid in jobs[k::4]:
+            b = SERVER[raw].msgs[uid].body
+            op = "listing the folder"
             try:
-                for _ in range(3):
-                    off = rng.randrange(0, len(b) + 1)
-                    n = rng.randrange(1, 3000)
-                    got = os.pread(fd, n, off)
-                    if got != b[off:off + n]:
-                        problems.append("INBOX UID %d pread(offset %d, %d bytes): %s" % (
-                            uid, off, n, describe_mismatch(got, b[off:off + n])))
-            finally:
-                os.close(fd)
-        T.none_of(problems, "pread at random offsets of every INBOX message")
-
-        # Several readers at once: other folders' messages and the Big one.
-        jobs = [("Big", buid)] * 2 + [(f.raw, u) for f in selectable()
-                                      if f.raw not in ("INBOX", "Big") for u in f.msgs]
-        results = []
-        lock = threading.Lock()
-
-        def reader(k):
-            r = random.Random(SEED + k)
-            out = []
-            for raw, uid in jobs[k::4]:
-                b = SERVER[raw].msgs[uid].body
-                op = "listing the folder"
+                p = path_of(m.path, raw, uid)
+                op = "open"
+                fd = os.open(p, os.O_RDONLY)
                 try:
-                    p = path_of(m.path, raw, uid)
-                    op = "open"
-                    fd = os.open(p, os.O_RDONLY)
-                    try:
-                        for _ in range(4):
-                            off = r.randrange(0, len(b))
-                            n = r.randrange(1, 200000)
-                            op = "pread(offset %d, %d bytes)" % (off, n)
-                            got = os.pread(fd, n, off)
-                            if got != b[off:off + n]:
-                                out.append("%s UID %d pread(offset %d, %d bytes): %s" % (
-                                    raw, uid, off, n, describe_mismatch(got, b[off:off + n])))
-                    finally:
-                        os.close(fd)
-                except Exception as e:
-                    out.append("%s UID %d: %s failed: %s: %s" % (raw, uid, op,
-                                                                 type(e).__name__, e))
-            with lock:
-                results.extend(out)
+                    for _ in range(4):
+                        off = r.randrange(0, len(b))
+                        n = r.randrange(1, 200000)
+                        op = "pread(offset %d, %d bytes)" % (off, n)
+                        got = os.pread(fd, n, off)
+                        if got != b[off:off + n]:
+                            out.append("%s UID %d pread(offset %d, %d bytes): %s" % (
+                                raw, uid, off, n, describe_mismatch(got, b[off:off + n])))
+                finally:
+                    os.close(fd)
+            except Exception as e:
+                out.append("%s UID %d: %s failed: %s: %s" % (raw, uid, op,
+                                                             type(e).__name__, e))
+        with lock:
+            results.extend(out)
 
-        threads = [threading.Thread(target=reader, args=(k,)) for k in range(4)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(120)
-        T.check(not any(t.is_alive() for t in threads), "4 concurrent readers finish",
-                expected="done within 120 s", seen="still reading")
-        T.none_of(results, "4 concurrent readers at random offsets get the right bytes")
+    threads = [threading.Thread(target=reader, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    T.check(not any(t.is_alive() for t in threads), label + "4 concurrent readers finish",
+            expected="done within 120 s", seen="still reading")
+    T.none_of(results, label + "4 concurrent readers at random offsets get the right bytes")
 
-        data = read_file(path_of(m.path, "Big", buid))
-        T.check(data == body, "after the random reads, the whole 20 MB file is exact",
-                expected="equal", seen=describe_mismatch(data, body))
+    data = read_file(path_of(m.path, "Big", buid))
+    T.check(data == body, label + "after the random reads, the whole 20 MB file is exact",
+            expected="equal", seen=describe_mismatch(data, body))
 
 
 def test_read_all():
     """Every message, read whole: the bytes of BODY.PEEK[]."""
     with Mount(EXE) as m:
-        problems, n, total = [], 0, 0
-        for f in selectable():
-            files, _ = folder_files(m.path, f)
-            uids, _ = uid_map(f, files)
-            for uid in sorted(f.msgs, key=lambda u: uids.get(u, b"")):
-                if uid not in uids:
-                    problems.append("%s UID %d: no file" % (f.path, uid))
-                    continue
-                p = os.path.join(os.fsencode(m.p(f.path)), uids[uid])
-                want = f.msgs[uid].body
-                with open(p, "rb", buffering=0) as fh:
-                    size = os.fstat(fh.fileno()).st_size
-                    parts = []
-                    while True:
-                        b = fh.read(MB)
-                        if not b:
-                            break
-                        parts.append(b)
-                data = b"".join(parts)
-                n += 1
-                total += len(data)
-                if hashlib.sha256(data).digest() != hashlib.sha256(want).digest():
-                    problems.append("%s UID %d: %s" % (f.path, uid, describe_mismatch(data, want)))
-                if size != len(data):
-                    problems.append("%s UID %d: st_size %d but %d bytes read" % (
-                        f.path, uid, size, len(data)))
-        want_n = sum(len(f.msgs) for f in selectable())
-        T.check(n == want_n, "every message was read", expected=want_n, seen=n)
-        T.none_of(problems, "every file == BODY.PEEK[] (sha256) and st_size == bytes read "
-                  "(%d files, %d bytes)" % (n, total))
-        T.check(total > 20 * MB, "the 20 MB message was among them", expected="> 20 MiB",
-                seen=total)
+        check_read_all(m, "")
+
+
+def check_read_all(m, label):
+    problems, n, total = [], 0, 0
+    for f in selectable():
+        files, _ = folder_files(m.path, f)
+        uids, _ = uid_map(f, files)
+        for uid in sorted(f.msgs, key=lambda u: uids.get(u, b"")):
+            if uid not in uids:
+                problems.append("%s UID %d: no file" % (f.path, uid))
+                continue
+            p = os.path.join(os.fsencode(m.p(f.path)), uids[uid])
+            want = f.msgs[uid].body
+            with open(p, "rb", buffering=0) as fh:
+                size = os.fstat(fh.fileno()).st_size
+                parts = []
+                while True:
+                    b = fh.read(MB)
+                    if not b:
+                        break
+                    parts.append(b)
+            data = b"".join(parts)
+            n += 1
+            total += len(data)
+            if hashlib.sha256(data).digest() != hashlib.sha256(want).digest():
+                problems.append("%s UID %d: %s" % (f.path, uid, describe_mismatch(data, want)))
+            if size != len(data):
+                problems.append("%s UID %d: st_size %d but %d bytes read" % (
+                    f.path, uid, size, len(data)))
+    want_n = sum(len(f.msgs) for f in selectable())
+    T.check(n == want_n, label + "every message was read", expected=want_n, seen=n)
+    T.none_of(problems, label + "every file == BODY.PEEK[] (sha256) and st_size == bytes read "
+              "(%d files, %d bytes)" % (n, total))
+    T.check(total > 20 * MB, label + "the 20 MB message was among them", expected="> 20 MiB",
+            seen=total)
 
 
 def test_grep():
@@ -1176,6 +1184,42 @@ def test_readonly():
             bad += ["%s/%r mode %o" % (f.path, nb, stat.S_IMODE(st.st_mode))
                     for nb, st in files.items() if stat.S_IMODE(st.st_mode) != 0o444]
         T.none_of(bad, "-o ro: every message file has mode 0444")
+        T.check(os.statvfs(m.path).f_flag & os.ST_RDONLY, "-o ro: the kernel's mount is read-only",
+                expected="ST_RDONLY", seen=os.statvfs(m.path).f_flag)
+
+        # Opens and closes do not reach the daemon (SharedHandle in
+        # fs/ops.c): reads find their handle by inode, from several threads
+        # at once, and more files than it keeps open.
+        check_read_all(m, "-o ro: ")
+        check_preads(m, "-o ro: ")
+        c0 = m.counters()
+        T.eq(c0["fuse.open"], 1, "-o ro: no open but the first (answered ENOSYS) reached "
+             "the daemon")
+        small = path_of(m.path, "INBOX", uid)
+        T.check(read_file(small) == inbox.msgs[uid].body, "-o ro: read once more")
+        T.eq(delta(c0, m.counters(), "fuse.read"), 0,
+             "-o ro: a file read before comes from the kernel's page cache (no READ)")
+
+    # ro from the config file: the kernel's mount is read-only all the same.
+    home = tempfile.mkdtemp(prefix="imapfs-e2e-home-")
+    try:
+        os.makedirs(os.path.join(home, "imapfs"))
+        with open(os.path.join(home, "imapfs", "config"), "w") as f:
+            f.write("[rocfg]\nhost = %s\nuser = %s\nport = %d\ncafile = %s\n"
+                    "password_file = %s\nro = true\n"
+                    % (HOST, USER, PORT_IMAPS, CAFILE, PASSWORD_FILE))
+        with Mount(EXE, base_options=False, account="rocfg",
+                   env=dict(os.environ, XDG_CONFIG_HOME=home)) as m:
+            p = path_of(m.path, "INBOX", uid)
+            T.check(os.statvfs(m.path).f_flag & os.ST_RDONLY,
+                    "ro = true in the config file: the kernel's mount is read-only",
+                    expected="ST_RDONLY", seen=os.statvfs(m.path).f_flag)
+            T.check(read_file(p) == inbox.msgs[uid].body, "ro = true in the config file: "
+                    "reading works")
+            expect_erofs("(ro = true in the config file) opening a message for writing",
+                         lambda: os.close(os.open(p, os.O_WRONLY)))
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
     with Server() as s:
         after = s.state()
     T.none_of(state_diff(before, after), "-o ro: the server is unchanged")
