@@ -160,7 +160,7 @@ static void usage(const char *prog)
 	       "(full)\n"
 	       "    -o cache_size=SIZE       bodies kept on disk, e.g. 2G "
 	       "(1G)\n"
-	       "    -o ro                    read-only mount\n"
+	       "    -o ro                    read-only mount (opens skip the daemon)\n"
 	       "    -o poll=S                look for changes in the tree "
 	       "and folders in use every S\n"
 	       "                             seconds (60; 0: never)\n"
