@@ -919,9 +919,9 @@ static gboolean body_ensure(Cache *c, CacheMessage *m, GError **error)
 
 /* ---- prefetch on sequential scans ---- */
 
-void cache_prefetch_after(Cache *c, guint64 folder_id, FolderState *st,
-			  int order, guint index)
+void cache_prefetch_after(Cache *c, guint64 folder_id, int order, guint index)
 {
+	FolderState *st;
 	GPtrArray *seq;
 	g_autoptr(ImapUidSet) uids = imap_uid_set_new();
 	g_autofree char *raw = folder_raw(c, folder_id);
@@ -932,7 +932,9 @@ void cache_prefetch_after(Cache *c, guint64 folder_id, FolderState *st,
 	if (!raw)
 		return;
 	g_mutex_lock(&c->lock);
-	seq = order == 0 ? st->msgs : st->by_id;
+	/* Looked up again: the folder may have gone since the caller's. */
+	st = g_hash_table_lookup(c->states, &folder_id);
+	seq = !st ? NULL : order == 0 ? st->msgs : st->by_id;
 	if (!seq) {
 		g_mutex_unlock(&c->lock);
 		return;

@@ -184,7 +184,8 @@ void cache_rename_folder_rows(Cache *c, const char *from, const char *to,
 /* The next access syncs the folder again. */
 void cache_folder_mark_stale(Cache *c, guint64 folder_id);
 void cache_note_open(Cache *c, const CacheMessage *m);
-void cache_prefetch_after(Cache *c, guint64 folder_id, FolderState *st,
-			  int order, guint index);
+/* Fetch ahead of position @index of folder @folder_id's snapshot, in the
+ * listing's order (@order 0) or the ids' (1). */
+void cache_prefetch_after(Cache *c, guint64 folder_id, int order, guint index);
 
 G_END_DECLS

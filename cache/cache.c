@@ -1692,7 +1692,7 @@ void cache_note_open(Cache *c, const CacheMessage *m)
 		order = -1;
 	g_mutex_unlock(&c->lock);
 	if (order >= 0)
-		cache_prefetch_after(c, m->folder_id, st, order, index[order]);
+		cache_prefetch_after(c, m->folder_id, order, index[order]);
 }
 
 CacheStats cache_stats(Cache *c)
