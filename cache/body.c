@@ -433,22 +433,6 @@ static void pending_header_clear(PendingHeader *p)
 	g_bytes_unref(p->block);
 }
 
-/* The header block of a stored body, or NULL (none within HEADER_MAX). */
-static GBytes *read_header_block(int fd, guint64 size)
-{
-	gsize want = (gsize)MIN(size, (guint64)HEADER_MAX);
-	g_autofree char *buf = g_malloc(want);
-	ssize_t n = pread(fd, buf, want, 0);
-	const char *end;
-
-	if (n <= 0)
-		return NULL;
-	end = g_strstr_len(buf, n, "\r\n\r\n");
-	if (!end)
-		return NULL;
-	return g_bytes_new(buf, (gsize)(end + 4 - buf));
-}
-
 /* Keep header blocks in the index: they outlive an evicted body, so reads
  * inside them still work (offline too). One transaction for many: an
  * update of its own per body cost more than storing the body. */
@@ -514,7 +498,37 @@ typedef struct {
 	guint64 written;
 	gboolean complete;
 	int error; /* errno of a failed write; the rest is dropped */
+	/* A whole body's first bytes, kept as they stream by (reading them
+	 * back cost a tenth of the connection thread's time): the header
+	 * block once its end is seen, NULL if there is none within
+	 * HEADER_MAX. */
+	GByteArray *head;
+	gboolean head_done;
 } FileHandle;
+
+static void head_capture(FileHandle *h, const guint8 *data, gsize len)
+{
+	gsize from, take;
+	const guint8 *end;
+
+	if (h->head_done)
+		return;
+	if (!h->head)
+		h->head = g_byte_array_new();
+	/* The end may straddle two pieces. */
+	from = h->head->len >= 3 ? h->head->len - 3 : 0;
+	take = MIN(len, HEADER_MAX - h->head->len);
+	g_byte_array_append(h->head, data, (guint)take);
+	end = memmem(h->head->data + from, h->head->len - from, "\r\n\r\n", 4);
+	if (end) {
+		g_byte_array_set_size(h->head,
+				      (guint)(end + 4 - h->head->data));
+		h->head_done = TRUE;
+	} else if (h->head->len >= HEADER_MAX) {
+		g_clear_pointer(&h->head, g_byte_array_unref);
+		h->head_done = TRUE;
+	}
+}
 
 /* A body file not renamed into place never becomes a body. (A range's
  * descriptor, without a path, belongs to its partial.) */
@@ -532,6 +546,8 @@ static void handle_discard(FileHandle *h)
 static void file_handle_free(FileHandle *h)
 {
 	handle_discard(h);
+	if (h->head)
+		g_byte_array_unref(h->head);
 	g_free(h);
 }
 
@@ -582,6 +598,8 @@ static gboolean sink_write(gpointer handle, const guint8 *data, gsize len,
 {
 	FileHandle *h = handle;
 
+	if (h->tmp_path)
+		head_capture(h, data, len);
 	/* A local failure (disk full) must not tear down the connection
 	 * that other commands share: drop the bytes, fail this body. */
 	while (len > 0 && !h->error) {
@@ -684,7 +702,9 @@ static void store_fetched_body(Fetch *f, const ImapFetchData *fd, FileHandle *h)
 		return;
 	}
 	g_clear_pointer(&h->tmp_path, g_free);
-	ph.block = read_header_block(h->fd, h->written);
+	if (h->head_done && h->head)
+		ph.block =
+			g_byte_array_free_to_bytes(g_steal_pointer(&h->head));
 	if (ph.block)
 		g_array_append_val(f->headers, ph);
 	if (f->headers->len >= HEADERS_PER_TRANSACTION)

@@ -1319,6 +1319,25 @@ def test_cache_modes():
         files = body_files(cache)
         T.check(not files, "cache=headers: at the next mount bodies/ is empty",
                 expected="no files", seen=sorted(files))
+        # The header blocks stay in the index, kept as the bodies streamed
+        # by: each up to its first blank line, none where there is no blank
+        # line within 64 KiB.
+        with index_copy(cache) as db:
+            rows = db.execute("SELECT f.raw, m.uid, m.header FROM messages m "
+                              "JOIN folders f ON f.id = m.folder_id").fetchall()
+        got = {((r.decode() if isinstance(r, bytes) else r), uid): h for r, uid, h in rows}
+        bad, n = [], 0
+        for f in folders:
+            for uid, msg in f.msgs.items():
+                end = msg.body.find(b"\r\n\r\n")
+                want = msg.body[:end + 4] if 0 <= end <= 64 * 1024 - 4 else None
+                have = got.get((f.raw, uid), "no row")
+                n += 1
+                if have != want:
+                    bad.append("%s UID %d: header %s, expected %s" % (
+                        f.path, uid, short(repr(have)[:80]), short(repr(want)[:80])))
+        T.none_of(bad, "cache=headers: the index holds each message's header block "
+                  "(%d messages)" % n)
         m.settle()
         bad, per = [], []
         for f in selectable(snap):
