@@ -911,6 +911,7 @@ static gboolean body_ensure(Cache *c, CacheMessage *m, GError **error)
 	}
 	c->counters.body_fetches++;
 	g_mutex_unlock(&c->lock);
+	cache_note_miss(c, m);
 
 	raw = folder_raw(c, m->folder_id);
 	if (!raw) {
@@ -985,6 +986,7 @@ void cache_prefetch_after(Cache *c, guint64 folder_id, int order, guint index)
 		n++;
 		bytes += m->size;
 	}
+	st->prefetched_from[order] = MIN(st->prefetched_from[order], start);
 	st->prefetched_upto[order] = i;
 	st->prefetch_span[order] = i - start;
 	c->counters.prefetches += n;

@@ -51,6 +51,7 @@ typedef struct {
 	/* Sequential access, [0] in listing order, [1] in inode order. */
 	gint last_index[2];
 	guint streak[2];
+	guint prefetched_from[2]; /* the first position prefetched */
 	guint prefetched_upto[2];
 	guint prefetch_span[2]; /* positions the last batch covered */
 } FolderState;
@@ -184,6 +185,7 @@ void cache_rename_folder_rows(Cache *c, const char *from, const char *to,
 /* The next access syncs the folder again. */
 void cache_folder_mark_stale(Cache *c, guint64 folder_id);
 void cache_note_open(Cache *c, const CacheMessage *m);
+void cache_note_miss(Cache *c, const CacheMessage *m);
 /* Fetch ahead of position @index of folder @folder_id's snapshot, in the
  * listing's order (@order 0) or the ids' (1). */
 void cache_prefetch_after(Cache *c, guint64 folder_id, int order, guint index);

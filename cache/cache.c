@@ -59,6 +59,18 @@ static void state_free(FolderState *st)
 	g_free(st);
 }
 
+/* A new snapshot: positions of the last one mean nothing in it. */
+static void scan_forget(FolderState *st)
+{
+	for (guint o = 0; o < 2; o++) {
+		st->last_index[o] = -2;
+		st->streak[o] = 0;
+		st->prefetched_from[o] = G_MAXUINT;
+		st->prefetched_upto[o] = 0;
+		st->prefetch_span[o] = 0;
+	}
+}
+
 FolderState *cache_state_get_locked(Cache *c, guint64 id)
 {
 	FolderState *st = g_hash_table_lookup(c->states, &id);
@@ -69,7 +81,7 @@ FolderState *cache_state_get_locked(Cache *c, guint64 id)
 		*key = id;
 		st = g_new0(FolderState, 1);
 		g_mutex_init(&st->sync_lock);
-		st->last_index[0] = st->last_index[1] = -2;
+		scan_forget(st);
 		g_hash_table_insert(c->states, key, st);
 	}
 	return st;
@@ -1088,12 +1100,7 @@ void cache_snapshot_edit_locked(Cache *c, FolderState *st,
 	st->msgs = msgs;
 	g_ptr_array_unref(st->by_id);
 	st->by_id = by_id;
-	for (guint o = 0; o < 2; o++) {
-		st->last_index[o] = -2;
-		st->streak[o] = 0;
-		st->prefetched_upto[o] = 0;
-		st->prefetch_span[o] = 0;
-	}
+	scan_forget(st);
 }
 
 /* What a sync learned, applied in one transaction by apply_sync(). */
@@ -1158,12 +1165,7 @@ void cache_install_messages_locked(Cache *c, FolderState *st, GPtrArray *msgs,
 		g_ptr_array_add(st->by_id, msgs->pdata[i]);
 	g_ptr_array_sort(st->by_id, compare_message_ids);
 	st->uidvalidity = uidvalidity;
-	for (guint o = 0; o < 2; o++) {
-		st->last_index[o] = -2;
-		st->streak[o] = 0;
-		st->prefetched_upto[o] = 0;
-		st->prefetch_span[o] = 0;
-	}
+	scan_forget(st);
 }
 
 static gint compare_uid_keys(gconstpointer a, gconstpointer b)
@@ -1693,6 +1695,44 @@ void cache_note_open(Cache *c, const CacheMessage *m)
 	g_mutex_unlock(&c->lock);
 	if (order >= 0)
 		cache_prefetch_after(c, m->folder_id, order, index[order]);
+}
+
+/*
+ * A read waits for a body that a sequential scan had passed over: evicted
+ * since, or gone with cache=none, and now read again by a second scan
+ * (pages the kernel still holds are not read at all, so those are not
+ * fetched again for nothing). Prefetch from there again.
+ */
+void cache_note_miss(Cache *c, const CacheMessage *m)
+{
+	FolderState *st;
+	int order = -1;
+	guint index = 0;
+
+	g_mutex_lock(&c->lock);
+	st = g_hash_table_lookup(c->states, &m->folder_id);
+	for (int o = 0; st && st->msgs && o < 2; o++) {
+		GPtrArray *seq = o == 0 ? st->msgs : st->by_id;
+		gint i = st->last_index[o];
+
+		/* The scan's latest open, where a prefetch had been. */
+		if (i < 0 || (guint)i >= seq->len ||
+		    ((CacheMessage *)seq->pdata[i])->id != m->id ||
+		    st->streak[o] < 1 || (guint)i < st->prefetched_from[o] ||
+		    (guint)i >= st->prefetched_upto[o])
+			continue;
+		if (order < 0 || st->streak[o] > st->streak[order]) {
+			order = o;
+			index = (guint)i;
+		}
+	}
+	if (order >= 0) {
+		st->prefetched_upto[order] = index + 1;
+		st->prefetch_span[order] = 0;
+	}
+	g_mutex_unlock(&c->lock);
+	if (order >= 0)
+		cache_prefetch_after(c, m->folder_id, order, index);
 }
 
 CacheStats cache_stats(Cache *c)

@@ -1468,6 +1468,26 @@ def test_prefetch_window():
                     % (n, pre, batches),
                     expected="%d fetches, %d or %d batches" % (n, want, want + 1),
                     seen=problems[:3] or "%d fetches, %d batches" % (fetched, batches))
+        # Scans again in the same mount, the bodies gone (cache=none): with
+        # the kernel's pages dropped too, prefetched again rather than
+        # fetched one by one; with the pages still there, nothing fetched.
+        with CMount(S0, new_cache("t11n"), options=["cache=none"]) as m:
+            names, problems = listing(m, f)
+            order = sorted(names, key=lambda u: names[u])
+            seen = []
+            for drop in (False, True, False):
+                c0 = m.settle()
+                read_check(m, f, names, order, problems, drop=drop)
+                c1 = m.settle()
+                seen.append((dl(c0, c1, "cache.body_fetches"), dl(c0, c1, "cache.prefetches")))
+            T.check(not problems and all(bf + pre == n and pre >= n - 3 for bf, pre in seen[:2])
+                    and seen[2] == (0, 0),
+                    "cache=none, three scans of %d messages in one mount: byte-exact; the "
+                    "first, and the second after dropping the kernel's pages, fetch each "
+                    "body once, all but the first few prefetched; the third, pages kept, "
+                    "fetches nothing (body fetches, prefetches: %s)" % (n, seen),
+                    expected="(%d fetches, >= %d prefetched) twice, then (0, 0)" % (n, n - 3),
+                    seen=problems[:3] or seen)
     finally:
         with S0.session() as im:
             fx._ok(im.delete(fx.mailbox_arg(name)), "DELETE")
