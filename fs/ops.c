@@ -159,6 +159,34 @@ static void message_stat(Fs *fs, const CacheMessage *m, struct stat *st)
 	st->st_mtime = st->st_ctime = st->st_atime = (time_t)m->internaldate;
 }
 
+/*
+ * A message the server calls empty, in a read-only mount: the kernel takes
+ * the size it is told for the file's length, and with no open to answer
+ * (see SharedHandle) nothing would have it read past that. Its body is
+ * fetched to know (RFC822.SIZE is only what the server announced, the
+ * literal is the truth); offline, 0 stays.
+ */
+static gboolean size_in_doubt(const Fs *fs, const CacheMessage *m)
+{
+	return fs->ro && m->size == 0;
+}
+
+static CacheMessage *message_sized(Fs *fs, CacheMessage *m)
+{
+	CacheBody *b = cache_body_open(fs->cache, m->id, NULL);
+	CacheMessage *now;
+	char c;
+
+	if (!b)
+		return m;
+	cache_body_read(b, &c, 1, 0, NULL);
+	cache_body_close(b);
+	if (!(now = cache_message_get(fs->cache, m->id)))
+		return m;
+	cache_message_unref(m);
+	return now;
+}
+
 static void reply_error(fuse_req_t req, const GError *error)
 {
 	int err = errno_from_error(error);
@@ -232,6 +260,8 @@ static void fs_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 		return reply_error(req, error);
 	if (fs_local_is_hidden(fs, m->id))
 		return (void)fuse_reply_err(req, ENOENT);
+	if (size_in_doubt(fs, m))
+		m = message_sized(fs, m);
 	e.ino = message_ino(m->id);
 	message_stat(fs, m, &e.attr);
 	fuse_reply_entry(req, &e);
@@ -269,6 +299,8 @@ static void fs_getattr(fuse_req_t req, fuse_ino_t ino,
 			timeout = 0;
 		if (!m)
 			return (void)fuse_reply_err(req, ENOENT);
+		if (size_in_doubt(fs, m))
+			m = message_sized(fs, m);
 		message_stat(fs, m, &st);
 	}
 	fuse_reply_attr(req, &st, timeout);
@@ -506,8 +538,11 @@ static void do_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 				.entry_timeout = ENTRY_TIMEOUT,
 			};
 
-			/* "." and ".." must not take a lookup count. */
-			if (i < 2)
+			/* "." and ".." must not take a lookup count. A
+			 * message of doubtful size gets no attributes here:
+			 * its lookup learns the size. */
+			if (i < 2 || (S_ISREG(st.st_mode) && st.st_size == 0 &&
+				      fs->ro && ino_is_message(st.st_ino)))
 				e.ino = 0;
 			n = fuse_add_direntry_plus(req, buf + used, size - used,
 						   name, &e, (off_t)i + 1);

@@ -195,9 +195,10 @@ class Case:
 
     def __init__(self, name, about, script, tool=None, mount="any", accept=None,
                  must_read=(), check_tool=None, check_mount=None, any_content=False,
-                 compress=False):
+                 compress=False, ro=False):
         self.name, self.about, self.script = name, about, script
         self.compress = compress  # ask for COMPRESS=DEFLATE (tool and mount)
+        self.ro = ro  # mount -o ro (files opened without the daemon)
         self.tool = tool if tool is not None else [(o, ANY) for o in STD_OPS]
         self.mount = mount
         self._accept = accept
@@ -805,6 +806,14 @@ case("size-zero-for-body",
      "RFC822.SIZE 0 for a 64-byte body",
      lambda: Script(folders=inbox([Msg(1, M1, size=0), Msg(2, M2)])),
      tool=[("connect", OK), ("meta INBOX", OK), ("body INBOX 1", OK)], mount="ok")
+
+# A read-only mount answers no open, so nothing tells the kernel to read past
+# the size it was given: the body is fetched to learn the length.
+for what, size in (("zero", 0), ("smaller", 10), ("larger", 5000)):
+    case("size-%s-for-body-ro" % what,
+         "-o ro: RFC822.SIZE %d for a 64-byte body" % size,
+         lambda size=size: Script(folders=inbox([Msg(1, M1, size=size), Msg(2, M2)])),
+         tool=[("connect", OK)], mount="ok", must_read={1, 2}, ro=True)
 
 case("size-over-range-threshold",
      "RFC822.SIZE 3 MiB (range fetches) for a 64-byte body",
@@ -1470,7 +1479,8 @@ def run_mount(env, case, script, rundir, res):
     cenv = child_env(rundir, env.args.get("leaks"))
     args = [env.imapfs, "-f", "-o", "port=%d,tls=none,password_file=%s,cache_dir=%s,timeout=%d%s"
             % (server.port, env.pw, cache, MOUNT_TIMEOUT_S,
-               ",compress=yes" if case.compress else ""), "alice@127.0.0.1", mnt]
+               (",compress=yes" if case.compress else "") + (",ro" if case.ro else "")),
+            "alice@127.0.0.1", mnt]
     crash, hang, names, reads, other = [], [], [], [], []
     killed = False
     t0 = time.monotonic()
