@@ -612,7 +612,7 @@ class Mount:
         return self
 
     def __exit__(self, *exc):
-        self.cleanup()
+        self.cleanup(raised=exc[0] is not None)
         return False
 
     def log(self):
@@ -709,17 +709,24 @@ class Mount:
     def wait_exit(self, timeout=UNMOUNT_EXIT):
         return wait_for(lambda: not self.alive(), timeout)
 
-    def cleanup(self):
+    def cleanup(self, raised=False):
         if self.timer is not None:
             self.timer.cancel()
         if self.expired:
             T.fail("the mount's work finished within %d s (the watchdog had to kill "
                    "imapfs)" % self.limit)
-        if DEBUG and len(T.failures) > self.failures_at_start:
+        failed = len(T.failures) > self.failures_at_start
+        if DEBUG and failed:
             lines = self.log().splitlines()
             T.diag("log of %s (last %d of %d lines):" % (" ".join(self.args),
                                                          min(LOG_LINES, len(lines)), len(lines)))
             T.diag("\n".join(lines[-LOG_LINES:]))
+        elif failed or raised:
+            # The log goes with the temp dir: its end (a sanitizer's
+            # report, say) to stderr, which meson shows for a failed test.
+            lines = self.log().splitlines()
+            sys.stderr.write("-- log of %s, last lines:\n%s\n" % (
+                " ".join(self.args), "\n".join(lines[-LOG_LINES:])))
         if is_mounted(self.path):
             ok, _ = self.unmount()
             if ok:
