@@ -961,7 +961,10 @@ void cache_prefetch_after(Cache *c, guint64 folder_id, int order, guint index)
 		return;
 	}
 	i = start = MAX(index + 1, st->prefetched_upto[order]);
-	for (; i < seq->len && n < CACHE_PREFETCH_MESSAGES &&
+	/* Bounded in positions looked at, not only in bodies asked for: in
+	 * a folder mostly cached the walk would stat all the rest under the
+	 * lock. */
+	for (; i < seq->len && i - start < CACHE_PREFETCH_MESSAGES &&
 	       bytes < CACHE_PREFETCH_BYTES &&
 	       uids->ranges->len < CACHE_PREFETCH_RANGES;
 	     i++) {
