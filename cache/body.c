@@ -1222,13 +1222,15 @@ void cache_body_close(CacheBody *b)
 				    GUINT_TO_POINTER(n - 1));
 	else
 		g_hash_table_remove(b->c->open_paths, b->path);
+	/* Off the count too: uncounted, the bytes of cache=none bodies
+	 * piled up until every close walked bodies/ to evict. */
+	if (b->c->cfg.keep == CACHE_KEEP_NONE && n <= 1)
+		cache_body_unlink_locked(b->c, b->path);
 	/* An eviction may have skipped this body while it was open. */
 	if (n <= 1 && b->c->cfg.size_limit &&
 	    b->c->body_bytes > b->c->cfg.size_limit)
 		b->c->evict_needed = TRUE;
 	g_mutex_unlock(&b->c->lock);
-	if (b->c->cfg.keep == CACHE_KEEP_NONE && n <= 1)
-		g_unlink(b->path);
 	evict_if_needed(b->c);
 	cache_message_unref(b->m);
 	g_free(b->path);
