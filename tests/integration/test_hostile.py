@@ -807,8 +807,8 @@ case("size-zero-for-body",
      lambda: Script(folders=inbox([Msg(1, M1, size=0), Msg(2, M2)])),
      tool=[("connect", OK), ("meta INBOX", OK), ("body INBOX 1", OK)], mount="ok")
 
-# A read-only mount answers no open, so nothing tells the kernel to read past
-# the size it was given: the body is fetched to learn the length.
+# A read-only mount answers no open (so no direct_io): a message whose size
+# lies must still read whole; one announced as empty is fetched at lookup.
 for what, size in (("zero", 0), ("smaller", 10), ("larger", 5000)):
     case("size-%s-for-body-ro" % what,
          "-o ro: RFC822.SIZE %d for a 64-byte body" % size,
