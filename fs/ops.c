@@ -166,9 +166,9 @@ static void message_stat(Fs *fs, const CacheMessage *m, struct stat *st)
  * fetched to know (RFC822.SIZE is only what the server announced, the
  * literal is the truth); offline, 0 stays.
  */
-static gboolean size_in_doubt(const Fs *fs, const CacheMessage *m)
+static gboolean size_in_doubt(const Fs *fs, guint64 size)
 {
-	return fs->ro && m->size == 0;
+	return fs->ro && size == 0;
 }
 
 static CacheMessage *message_sized(Fs *fs, CacheMessage *m)
@@ -260,7 +260,7 @@ static void fs_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 		return reply_error(req, error);
 	if (fs_local_is_hidden(fs, m->id))
 		return (void)fuse_reply_err(req, ENOENT);
-	if (size_in_doubt(fs, m))
+	if (size_in_doubt(fs, m->size))
 		m = message_sized(fs, m);
 	e.ino = message_ino(m->id);
 	message_stat(fs, m, &e.attr);
@@ -299,7 +299,7 @@ static void fs_getattr(fuse_req_t req, fuse_ino_t ino,
 			timeout = 0;
 		if (!m)
 			return (void)fuse_reply_err(req, ENOENT);
-		if (size_in_doubt(fs, m))
+		if (size_in_doubt(fs, m->size))
 			m = message_sized(fs, m);
 		message_stat(fs, m, &st);
 	}
@@ -541,8 +541,8 @@ static void do_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 			/* "." and ".." must not take a lookup count. A
 			 * message of doubtful size gets no attributes here:
 			 * its lookup learns the size. */
-			if (i < 2 || (S_ISREG(st.st_mode) && st.st_size == 0 &&
-				      fs->ro && ino_is_message(st.st_ino)))
+			if (i < 2 || (ino_is_message(st.st_ino) &&
+				      size_in_doubt(fs, (guint64)st.st_size)))
 				e.ino = 0;
 			n = fuse_add_direntry_plus(req, buf + used, size - used,
 						   name, &e, (off_t)i + 1);
