@@ -761,15 +761,14 @@ static void fs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	g_autoptr(GError) error = NULL;
 	gboolean writing =
 		(fi->flags & O_ACCMODE) != O_RDONLY || (fi->flags & O_TRUNC);
-	Handle *h = g_new0(Handle, 1);
+	Handle *h;
 
 	count_op(fs, FS_OP_OPEN);
-	if (fs->ro) {
-		/* No handles: see SharedHandle. */
-		g_free(h);
+	/* No handles: see SharedHandle. */
+	if (fs->ro)
 		return (void)fuse_reply_err(req, writing ? EROFS : ENOSYS);
-	}
 	if (fs_ino_is_local(ino)) {
+		h = g_new0(Handle, 1);
 		h->local = fs_local_get(fs, ino);
 		if (!h->local) {
 			g_free(h);
@@ -788,31 +787,27 @@ static void fs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 				h->local->dirty = TRUE;
 		}
 		fi->direct_io = 1;
+	} else if (ino_is_message(ino) && writing) {
+		LocalFile *lf = rewrite_message(fs, ino - INO_MSG_BASE,
+						(fi->flags & O_TRUNC) != 0,
+						&error);
+
+		if (!lf)
+			return reply_error(req, error);
+		h = g_new0(Handle, 1);
+		h->local = lf;
+		fi->direct_io = 1;
 	} else if (ino_is_message(ino)) {
-		if (writing) {
-			h->local = rewrite_message(fs, ino - INO_MSG_BASE,
-						   (fi->flags & O_TRUNC) != 0,
-						   &error);
-			if (!h->local) {
-				g_free(h);
-				return reply_error(req, error);
-			}
+		if (!(h = message_handle(fs, ino, &error)))
+			return reply_error(req, error);
+		/* The bytes of a message never change: keep the page cache. */
+		fi->keep_cache = 1;
+		/* No message is empty: a size of 0 is a server's mistake, and
+		 * the kernel would not even ask. */
+		if (h->size_shown == 0)
 			fi->direct_io = 1;
-		} else {
-			g_free(h);
-			if (!(h = message_handle(fs, ino, &error)))
-				return reply_error(req, error);
-			/* The bytes of a message never change: keep the
-			 * page cache. */
-			fi->keep_cache = 1;
-			/* No message is empty: a size of 0 is a server's
-			 * mistake, and the kernel would not even ask. */
-			if (h->size_shown == 0)
-				fi->direct_io = 1;
-			fi->noflush = 1;
-		}
+		fi->noflush = 1;
 	} else {
-		g_free(h);
 		return (void)fuse_reply_err(req, EISDIR);
 	}
 	handle_open(fs, fs->open_files, fi, h);
