@@ -788,9 +788,9 @@ static void fs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		}
 		fi->direct_io = 1;
 	} else if (ino_is_message(ino) && writing) {
-		LocalFile *lf = rewrite_message(fs, ino - INO_MSG_BASE,
-						(fi->flags & O_TRUNC) != 0,
-						&error);
+		LocalFile *lf =
+			rewrite_message(fs, ino - INO_MSG_BASE,
+					(fi->flags & O_TRUNC) != 0, &error);
 
 		if (!lf)
 			return reply_error(req, error);
