@@ -288,12 +288,13 @@ def slug_problem(folder, uid, slug):
 # ---- tests -----------------------------------------------------------------------------
 
 
-def _free_port():
+def _refusing_port():
+    """A loopback port that refuses connections while the returned socket
+    is open: bound, never listening. (A port found free and let go can be
+    taken by the Dovecot of a test running beside this one.)"""
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
+    return s, s.getsockname()[1]
 
 
 def _attempt(args, mnt, timeout=15):
@@ -338,7 +339,8 @@ def test_cli_errors():
                     "control: the same command with correct settings mounts (INBOX listed)")
     except MountError as e:
         T.fail("control: the same command with correct settings mounts (seen: %s)" % e)
-    with tempfile.TemporaryDirectory(prefix="imapfs-e2e-") as tmp:
+    holder, closed_port = _refusing_port()
+    with holder, tempfile.TemporaryDirectory(prefix="imapfs-e2e-") as tmp:
         wrong_pw = os.path.join(tmp, "wrong-password")
         # 0600 like the real one: the password is the only difference
         with os.fdopen(os.open(wrong_pw, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
@@ -346,7 +348,7 @@ def test_cli_errors():
         good = {"port": str(PORT_IMAPS), "cafile": CAFILE, "password_file": PASSWORD_FILE}
         cases = [
             ("wrong password", dict(good, password_file=wrong_pw), True),
-            ("unreachable port", dict(good, port=str(_free_port())), True),
+            ("unreachable port", dict(good, port=str(closed_port)), True),
             ("untrusted certificate (no cafile)",
              {k: v for k, v in good.items() if k != "cafile"}, True),
             ("missing mountpoint", good, False),

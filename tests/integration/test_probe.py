@@ -32,12 +32,13 @@ def probe(*opts, account=None, env=None):
     return p.returncode, p.stdout, p.stderr
 
 
-def free_port():
+def refusing_port():
+    """A loopback port that refuses connections while the returned socket
+    is open: bound, never listening. (A port found free and let go was
+    once taken by the Dovecot of a test running beside this one.)"""
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
+    return s, s.getsockname()[1]
 
 
 def main():
@@ -80,9 +81,11 @@ def main():
     check(rc != 0 and "not trusted" in err and "cafile" in err,
           f"untrusted certificate: {err.strip()}")
 
-    rc, out, err = probe("-o", f"port={free_port()},"
-                         f"cafile={ENV['IMAPFS_TEST_CAFILE']},"
-                         f"password_file={ENV['IMAPFS_TEST_PASSWORD_FILE']}")
+    holder, port = refusing_port()
+    with holder:
+        rc, out, err = probe("-o", f"port={port},"
+                             f"cafile={ENV['IMAPFS_TEST_CAFILE']},"
+                             f"password_file={ENV['IMAPFS_TEST_PASSWORD_FILE']}")
     check(rc != 0 and "cannot connect" in err, f"closed port: {err.strip()}")
 
     rc, out, err = probe("-o", "password=secret123")
