@@ -27,6 +27,7 @@ typedef struct _ImapValue ImapValue;
 struct _ImapValue {
 	ImapValueType type;
 	gboolean literal; /* STRING/STREAMED: it arrived as a literal */
+	gboolean str_inline; /* str is in this value's allocation */
 	char *str; /* ATOM, STRING: always NUL-terminated (extra byte) */
 	gsize len; /* ATOM, STRING: bytes in str; STREAMED: literal size */
 	GPtrArray *list; /* LIST: ImapValue *, owned */

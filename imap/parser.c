@@ -116,7 +116,10 @@ static ImapValue *value_new_bytes(ImapValueType type, const char *bytes,
 {
 	ImapValue *v = g_malloc(sizeof(ImapValue) + n + 1);
 
-	*v = (ImapValue){.type = type, .str = (char *)(v + 1), .len = n};
+	*v = (ImapValue){.type = type,
+			 .str_inline = TRUE,
+			 .str = (char *)(v + 1),
+			 .len = n};
 	memcpy(v->str, bytes, n);
 	v->str[n] = '\0';
 	return v;
@@ -126,7 +129,7 @@ void imap_value_free(ImapValue *value)
 {
 	if (!value)
 		return;
-	if (value->str != (char *)(value + 1))
+	if (!value->str_inline)
 		g_free(value->str);
 	if (value->list)
 		g_ptr_array_unref(value->list);
