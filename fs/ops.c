@@ -836,10 +836,11 @@ static void read_reply(fuse_req_t req, fuse_ino_t ino, Handle *h, size_t size,
 		       off_t off)
 {
 	g_autoptr(GError) error = NULL;
-	char *buf = read_buffer(size);
+	char *buf;
 	gssize n;
 
 	if (h->local && h->local->fd >= 0) {
+		buf = read_buffer(size);
 		n = pread(h->local->fd, buf, size, off);
 		if (n < 0)
 			return (void)fuse_reply_err(req, errno);
@@ -862,6 +863,7 @@ static void read_reply(fuse_req_t req, fuse_ino_t ino, Handle *h, size_t size,
 			return;
 		}
 	}
+	buf = read_buffer(size);
 	n = cache_body_read(h->body, buf, size, off, &error);
 	if (n < 0)
 		return reply_error(req, error);
