@@ -370,10 +370,26 @@ static ImapIoResult raw_read(ImapStream *s, void *buf, gsize len, gsize *n_out,
 {
 	*n_out = 0;
 	if (s->ssl) {
+		ImapIoResult r;
+
 		errno = 0;
-		return ssl_result(
-			s, SSL_read(s->ssl, buf, (int)MIN(len, G_MAXINT)),
-			n_out, error);
+		r = ssl_result(s,
+			       SSL_read(s->ssl, buf, (int)MIN(len, G_MAXINT)),
+			       n_out, error);
+		/* SSL_read() returns one record (Dovecot sends 4 KB ones):
+		 * the records already received come too, so that the parser
+		 * and the body files get bigger pieces. A partial record
+		 * (or an alert) ends it; the next read tells. */
+		while (r == IMAP_IO_OK && *n_out < len &&
+		       SSL_has_pending(s->ssl)) {
+			size_t more = 0;
+
+			if (SSL_read_ex(s->ssl, (char *)buf + *n_out,
+					len - *n_out, &more) <= 0)
+				break;
+			*n_out += more;
+		}
+		return r;
 	}
 	for (;;) {
 		ssize_t n = recv(s->fd, buf, len, 0);
