@@ -900,15 +900,15 @@ static gboolean body_ensure(Cache *c, CacheMessage *m, GError **error)
 	gboolean ok;
 
 	g_mutex_lock(&c->lock);
-	for (;;) {
-		if (g_file_test(path, G_FILE_TEST_EXISTS)) {
-			g_mutex_unlock(&c->lock);
-			return TRUE;
-		}
-		if (claim_locked(c, m))
-			break;
+	/* Every body stored wakes every waiter: one whose body is still on
+	 * its way waits again without looking at the disk. */
+	while (g_hash_table_contains(c->fetching, &m->id))
 		g_cond_wait(&c->fetch_cond, &c->lock);
+	if (g_file_test(path, G_FILE_TEST_EXISTS)) {
+		g_mutex_unlock(&c->lock);
+		return TRUE;
 	}
+	claim_locked(c, m);
 	c->counters.body_fetches++;
 	g_mutex_unlock(&c->lock);
 	cache_note_miss(c, m);
