@@ -1305,6 +1305,35 @@ static gboolean body_open_file(CacheBody *b)
 	return TRUE;
 }
 
+/* Whether the stored header block (at most HEADER_MAX bytes, never more
+ * than the message) may hold a whole read: the kernel asks for more than
+ * is left in a file, and a read reaching past the header is not worth an
+ * index lookup. */
+static gboolean header_may_cover(const CacheMessage *m, gsize size,
+				 goffset offset)
+{
+	return (guint64)offset + size <= MIN(m->size, (guint64)HEADER_MAX);
+}
+
+int cache_body_fetch_fd(CacheBody *b, gsize size, goffset offset,
+			GError **error)
+{
+	int fd = cache_body_file_fd(b);
+
+	if (fd >= 0 || b->m->size > CACHE_RANGE_THRESHOLD ||
+	    header_may_cover(b->m, size, offset))
+		return fd;
+	if (!body_ensure(b->c, b->m, error))
+		return -1;
+	if (!body_open_file(b)) {
+		g_set_error(error, CACHE_ERROR, CACHE_ERROR_IO,
+			    "the body of message %u vanished from the cache",
+			    b->m->uid);
+		return -1;
+	}
+	return b->fd;
+}
+
 int cache_body_file_fd(CacheBody *b)
 {
 	if (!body_open_file(b))
@@ -1328,7 +1357,7 @@ gssize cache_body_read(CacheBody *b, char *buf, gsize size, goffset offset,
 		g_mutex_unlock(&c->lock);
 		return pread_all(b->fd, buf, size, offset, error);
 	}
-	{
+	if (header_may_cover(m, size, offset)) {
 		gssize n;
 
 		if (header_read(c, m, buf, size, offset, &n))

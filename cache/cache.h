@@ -144,6 +144,12 @@ guint64 cache_body_size(CacheBody *body);
 /* The descriptor of the complete body file, when there is one (a read can
  * then be spliced from it); -1 otherwise: use cache_body_read(). */
 int cache_body_file_fd(CacheBody *body);
+/* The same, after fetching the body if a read of @size bytes at @offset
+ * needs it whole (not a big body, read in ranges, nor a read the stored
+ * header block may answer): -1 with @error if the fetch failed, -1
+ * without if cache_body_read() is the way. */
+int cache_body_fetch_fd(CacheBody *body, gsize size, goffset offset,
+			GError **error);
 
 /* Called (on any thread, with no cache lock held) when a sync found that
  * messages of a folder disappeared (@removed: their names) or arrived, so

@@ -848,20 +848,20 @@ static void read_reply(fuse_req_t req, fuse_ino_t ino, Handle *h, size_t size,
 	}
 	if (!h->body)
 		return (void)fuse_reply_err(req, EIO);
-	if (cache_body_size(h->body) == h->size_shown) {
-		/* A complete body file: the kernel moves its pages to the
-		 * reply (splice), nothing is copied through us. */
-		int fd = cache_body_file_fd(h->body);
+	/* A complete body file (fetched now if need be): the kernel moves
+	 * its pages to the reply (splice), nothing is copied through us. */
+	int fd = cache_body_fetch_fd(h->body, size, off, &error);
 
-		if (fd >= 0) {
-			struct fuse_bufvec bv = FUSE_BUFVEC_INIT(size);
+	if (fd < 0 && error)
+		return reply_error(req, error);
+	if (fd >= 0 && cache_body_size(h->body) == h->size_shown) {
+		struct fuse_bufvec bv = FUSE_BUFVEC_INIT(size);
 
-			bv.buf[0].flags = FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK;
-			bv.buf[0].fd = fd;
-			bv.buf[0].pos = off;
-			fuse_reply_data(req, &bv, FUSE_BUF_SPLICE_MOVE);
-			return;
-		}
+		bv.buf[0].flags = FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK;
+		bv.buf[0].fd = fd;
+		bv.buf[0].pos = off;
+		fuse_reply_data(req, &bv, FUSE_BUF_SPLICE_MOVE);
+		return;
 	}
 	buf = read_buffer(size);
 	n = cache_body_read(h->body, buf, size, off, &error);
