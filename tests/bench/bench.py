@@ -90,10 +90,28 @@ def machine_info(dovecot_path):
         except (OSError, subprocess.SubprocessError):
             pass
     return {"nproc": os.cpu_count(), "cpu": cpu, "kernel": platform.release(),
-            "loadavg_start": loadavg(),
+            "loadavg_start": loadavg(), "cpu_start": cpu_times(),
             "dovecot": dv, "mbsync": mbv, "python": platform.python_version(),
             "date": datetime.datetime.now(datetime.timezone.utc).strftime(
                 "%Y-%m-%d %H:%M:%S UTC")}
+
+
+def cpu_times():
+    """The machine's CPU time so far (/proc/stat, all CPUs), in ticks."""
+    try:
+        with open("/proc/stat") as f:
+            return [int(v) for v in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+
+
+def steal_share(start, end):
+    """The share of CPU time a hypervisor gave to other guests between two
+    cpu_times(): on a shared VM, the times are only as good as this is small."""
+    if not start or not end or len(start) < 8 or len(end) < 8:
+        return None
+    total = sum(end[:8]) - sum(start[:8])
+    return round(100.0 * (end[7] - start[7]) / total, 1) if total > 0 else None
 
 
 def loadavg():
@@ -1055,6 +1073,9 @@ class Bench:
                 print("  ".join("-" * w for w in widths))
         print("load average: %s at start, %s at end (other work on this machine skews "
               "the times)" % (m.get("loadavg_start"), m.get("loadavg_end")))
+        if m.get("steal_pct") is not None:
+            print("CPU time taken by other guests of the hypervisor (steal) during the "
+                  "run: %.1f%%" % m["steal_pct"])
         for n in self.notes:
             print("note: " + n)
         if self.failures:
@@ -1167,6 +1188,7 @@ def main(argv=None):
     if not getattr(b, "folders", None):
         return rc or 2
     b.machine["loadavg_end"] = loadavg()
+    b.machine["steal_pct"] = steal_share(b.machine.get("cpu_start"), cpu_times())
     rows = b.summary()
     b.report(rows)
     result = {"version": 1, "machine": b.machine,
