@@ -14,6 +14,7 @@
 #include <glib/gstdio.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 void cache_note_open(Cache *c, const CacheMessage *m);
@@ -1272,6 +1273,8 @@ static gssize pread_all(int fd, char *buf, gsize size, goffset off,
 	return (gssize)done;
 }
 
+#define TOUCH_SLACK_S 2
+
 /* Open the body file if there is one that can be trusted. */
 static gboolean body_open_file(CacheBody *b)
 {
@@ -1296,7 +1299,11 @@ static gboolean body_open_file(CacheBody *b)
 		g_unlink(b->path);
 		return FALSE;
 	}
-	/* Recently used: the eviction order is the mtime. */
+	/* Recently used: the eviction order is the mtime. One stored or
+	 * touched in the last seconds (a body a prefetch just brought) is
+	 * as recent as that order needs. */
+	if (st.st_mtime >= time(NULL) - TOUCH_SLACK_S)
+		return TRUE;
 	futimens(b->fd, (const struct timespec[2]){{.tv_nsec = UTIME_OMIT},
 						   {.tv_nsec = UTIME_NOW}});
 	g_mutex_lock(&b->c->lock);
