@@ -855,8 +855,18 @@ static void read_reply(fuse_req_t req, fuse_ino_t ino, Handle *h, size_t size,
 	if (fd < 0 && error)
 		return reply_error(req, error);
 	if (fd >= 0 && cache_body_size(h->body) == h->size_shown) {
-		struct fuse_bufvec bv = FUSE_BUFVEC_INIT(size);
+		/* No more than the file holds: libfuse takes a short splice
+		 * for a pipe that may hold more, and reads the rest into a
+		 * fresh buffer of the whole request's size to make sure. */
+		size_t left =
+			(guint64)off < h->size_shown
+				? (size_t)MIN((guint64)size,
+					      h->size_shown - (guint64)off)
+				: 0;
+		struct fuse_bufvec bv = FUSE_BUFVEC_INIT(left);
 
+		if (!left)
+			return (void)fuse_reply_buf(req, NULL, 0);
 		bv.buf[0].flags = FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK;
 		bv.buf[0].fd = fd;
 		bv.buf[0].pos = off;
