@@ -1322,6 +1322,20 @@ static gboolean header_may_cover(const CacheMessage *m, gsize size,
 	return (guint64)offset + size <= MIN(m->size, (guint64)HEADER_MAX);
 }
 
+/* Fetch the whole body if it is not there, and open its file. */
+static gboolean body_fetch_open(CacheBody *b, GError **error)
+{
+	if (!body_ensure(b->c, b->m, error))
+		return FALSE;
+	if (!body_open_file(b)) {
+		g_set_error(error, CACHE_ERROR, CACHE_ERROR_IO,
+			    "the body of message %u vanished from the cache",
+			    b->m->uid);
+		return FALSE;
+	}
+	return TRUE;
+}
+
 int cache_body_fetch_fd(CacheBody *b, gsize size, goffset offset,
 			GError **error)
 {
@@ -1330,15 +1344,7 @@ int cache_body_fetch_fd(CacheBody *b, gsize size, goffset offset,
 	if (fd >= 0 || b->m->size > CACHE_RANGE_THRESHOLD ||
 	    header_may_cover(b->m, size, offset))
 		return fd;
-	if (!body_ensure(b->c, b->m, error))
-		return -1;
-	if (!body_open_file(b)) {
-		g_set_error(error, CACHE_ERROR, CACHE_ERROR_IO,
-			    "the body of message %u vanished from the cache",
-			    b->m->uid);
-		return -1;
-	}
-	return b->fd;
+	return body_fetch_open(b, error) ? b->fd : -1;
 }
 
 int cache_body_file_fd(CacheBody *b)
@@ -1370,18 +1376,10 @@ gssize cache_body_read(CacheBody *b, char *buf, gsize size, goffset offset,
 		if (header_read(c, m, buf, size, offset, &n))
 			return n;
 	}
-	if (m->size <= CACHE_RANGE_THRESHOLD) {
-		if (!body_ensure(c, m, error))
-			return -1;
-		if (!body_open_file(b)) {
-			g_set_error(error, CACHE_ERROR, CACHE_ERROR_IO,
-				    "the body of message %u vanished from the "
-				    "cache",
-				    m->uid);
-			return -1;
-		}
-		return pread_all(b->fd, buf, size, offset, error);
-	}
+	if (m->size <= CACHE_RANGE_THRESHOLD)
+		return body_fetch_open(b, error)
+			       ? pread_all(b->fd, buf, size, offset, error)
+			       : -1;
 
 	/* A big body that a prefetch is bringing whole: wait for it. */
 	if (!b->partial) {
