@@ -971,7 +971,8 @@ class Bench:
             r1, r10 = med("rss_passes", "rss_1x"), med("rss_passes", "rss_10x")
             if r1 and r10:
                 # After two passes too: a step there that stays flat is not
-                # growth with the bytes (threads' malloc arenas, see README).
+                # growth with the bytes (FUSE threads that first run in the
+                # second pass, see README).
                 r2 = statistics.median(
                     [r["rss_each"][1] for r in self.records if r["folder"] == name
                      and r["what"] == "rss_passes" and len(r.get("rss_each") or []) > 1
