@@ -82,6 +82,7 @@ struct _Cache {
 	GHashTable *states; /* id -> FolderState * */
 	GHashTable *messages; /* id -> CacheMessage * */
 	GHashTable *fetching; /* message id -> GINT_TO_POINTER(1) */
+	GHashTable *awaited; /* message id -> readers waiting for it */
 	GHashTable *partials; /* message id -> Partial * */
 	gboolean folders_listed;
 	GHashTable *open_paths; /* body path -> open count */
@@ -89,6 +90,8 @@ struct _Cache {
 	gboolean evict_needed;
 	CacheChangeFunc change_func;
 	gpointer change_data;
+	CacheBodyFunc body_func;
+	gpointer body_data;
 	/* watch.c */
 	GThread *watcher;
 	GCond watch_cond;

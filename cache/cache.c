@@ -321,6 +321,8 @@ Cache *cache_open(ImapClient *client, const CacheConfig *cfg, GError **error)
 				      (GDestroyNotify)cache_message_unref);
 	c->fetching = g_hash_table_new_full(g_int64_hash, g_int64_equal, g_free,
 					    NULL);
+	c->awaited = g_hash_table_new_full(g_int64_hash, g_int64_equal, g_free,
+					   NULL);
 	c->partials = g_hash_table_new_full(g_int64_hash, g_int64_equal, g_free,
 					    NULL);
 	c->open_paths =
@@ -369,6 +371,7 @@ void cache_free(Cache *c)
 	g_hash_table_unref(c->states);
 	g_hash_table_unref(c->messages);
 	g_hash_table_unref(c->fetching);
+	g_hash_table_unref(c->awaited);
 	g_hash_table_unref(c->partials);
 	g_hash_table_unref(c->open_paths);
 	g_mutex_clear(&c->lock);
@@ -1672,7 +1675,13 @@ void cache_note_open(Cache *c, const CacheMessage *m)
 					   : compare_message_ids,
 				    m, &i))
 			continue;
-		if ((gint)i == st->last_index[o] + 1)
+		/* Forward within what a prefetch brought is sequential too:
+		 * the files in between were read from the kernel's cache
+		 * (bodies handed on to it, see cache_set_body_func). */
+		if ((gint)i == st->last_index[o] + 1 ||
+		    ((gint)i > st->last_index[o] && st->last_index[o] >= 0 &&
+		     (guint)st->last_index[o] + 1 >= st->prefetched_from[o] &&
+		     i < st->prefetched_upto[o]))
 			st->streak[o]++;
 		else if ((gint)i != st->last_index[o])
 			st->streak[o] = 0;
@@ -1805,6 +1814,14 @@ void cache_set_change_func(Cache *c, CacheChangeFunc func, gpointer user_data)
 	g_mutex_lock(&c->lock);
 	c->change_func = func;
 	c->change_data = user_data;
+	g_mutex_unlock(&c->lock);
+}
+
+void cache_set_body_func(Cache *c, CacheBodyFunc func, gpointer user_data)
+{
+	g_mutex_lock(&c->lock);
+	c->body_func = func;
+	c->body_data = user_data;
 	g_mutex_unlock(&c->lock);
 }
 

@@ -159,6 +159,14 @@ typedef void (*CacheChangeFunc)(guint64 folder_id, const GPtrArray *removed,
 void cache_set_change_func(Cache *cache, CacheChangeFunc func,
 			   gpointer user_data);
 
+/* Called on a connection's thread with the cache lock held (so it may only
+ * queue work) when a prefetch stored a whole body of the size shown:
+ * @path, @size bytes. The file system can hand it to the kernel's page
+ * cache before anyone asks for it. */
+typedef void (*CacheBodyFunc)(guint64 message_id, const char *path,
+			      guint64 size, gpointer user_data);
+void cache_set_body_func(Cache *cache, CacheBodyFunc func, gpointer user_data);
+
 /* ---- Changes (server first, then the index; see write.c) ---- */
 
 /* Move a message to another folder; returns the message there when the

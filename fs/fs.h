@@ -76,6 +76,12 @@ typedef struct {
 	GMutex poll_lock;
 	GCond poll_cond;
 	gboolean stopping;
+	/* pages.c */
+	GAsyncQueue *stores;
+	GThread *pages_thread;
+	gint pages_stopping;
+	gint pages_done;
+	gint pages_stored;
 	GMutex mtime_lock;
 	/* ino -> gint64 ns: when the directory's listing last changed */
 	GHashTable *dir_mtimes;
@@ -141,6 +147,10 @@ fuse_ino_t fs_folder_ino(guint64 folder_id);
 void fs_dir_mtime(Fs *fs, fuse_ino_t ino, struct timespec *ts);
 void fs_watch_start(Fs *fs);
 void fs_watch_stop(Fs *fs);
+/* Bodies a prefetch brings, handed to the kernel's page cache. */
+void fs_pages_start(Fs *fs);
+void fs_pages_stop(Fs *fs);
+fuse_ino_t fs_message_ino(guint64 message_id);
 
 int errno_from_error(const GError *error);
 extern const struct fuse_lowlevel_ops fs_ops;

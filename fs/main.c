@@ -660,6 +660,7 @@ static int fs_mount(FsOptions *opts, struct fuse_args *args)
 	}
 	fs.se = se;
 	fs_watch_start(&fs);
+	fs_pages_start(&fs);
 	daemon_ready();
 	loop = fuse_loop_cfg_create();
 	fuse_loop_cfg_set_clone_fd(loop, 0);
@@ -674,6 +675,7 @@ static int fs_mount(FsOptions *opts, struct fuse_args *args)
 			 ? 0
 			 : 1;
 	fuse_loop_cfg_destroy(loop);
+	fs_pages_stop(&fs);
 	fs_watch_stop(&fs);
 	fuse_session_unmount(se);
 	fs_handles_clear(&fs);

@@ -131,6 +131,11 @@ static fuse_ino_t message_ino(guint64 id)
 	return INO_MSG_BASE + id;
 }
 
+fuse_ino_t fs_message_ino(guint64 message_id)
+{
+	return message_ino(message_id);
+}
+
 static void folder_stat(Fs *fs, const CacheFolder *f, struct stat *st)
 {
 	memset(st, 0, sizeof(*st));
@@ -1183,6 +1188,9 @@ static char *xattr_value(Fs *fs, fuse_ino_t ino, const char *name)
 				g_string_append_printf(
 					out, "fuse.%s %d\n", op_names[i],
 					g_atomic_int_get(&fs->ops[i]));
+			g_string_append_printf(
+				out, "fuse.pages_stored %d\n",
+				g_atomic_int_get(&fs->pages_stored));
 			return g_string_free(out, FALSE);
 		}
 		return NULL;

@@ -18,6 +18,7 @@ The tests (numbers as in the cache issue's "Must show"):
   4 server stopped while mounted      9 folders deleted/renamed on the server
   5 kill -9 during a 20 MB fetch     10 cache=none, cache=headers
                                      11 prefetch stays bounded; unmount during it
+                                     12 prefetched bodies in the kernel's page cache
 
 Extra arguments after IMAPFS select tests by number (`... IMAPFS 4 8`).
 TAP output; `1..0 # SKIP` when not runnable.  IMAPFS_E2E_DEBUG=1 mounts in
@@ -1498,6 +1499,92 @@ def test_prefetch_window():
             fx._ok(im.delete(fx.mailbox_arg(name)), "DELETE")
 
 
+def test_pages_handed_on():
+    """12. Bodies a prefetch brings go to the kernel's page cache: a scan
+    reads them without a READ each, byte-exact, flags untouched; pages
+    dropped, they are read from the cache; SIGTERM during a scan ends the
+    daemon."""
+    name, n = "CachePages", 300
+    base = 1710000000
+    with S0.session() as im:
+        fx.create(im, name)
+        for i in range(n):
+            # 1 to 100 KB, one of 1.5 MiB (too big to hand on: read as usual).
+            size = 3 * MB // 2 if i == n // 2 else 1000 + (i * 7919) % (100 * 1000)
+            text = ("%03d " % i + "y" * 74 + "\r\n") * (size // 80)
+            fx.append(im, name, make_message("t12-%d" % i, "Pages %03d" % i, text, base + 60 * i),
+                      (), base + 60 * i)
+    try:
+        snap = S0.snapshot(only={name})
+        f = snap[name]
+        flags0 = {u: msg.flags for u, msg in f.msgs.items()}
+        for ro in (False, True):
+            mode = "-o ro" if ro else "read-write"
+            with CMount(S0, new_cache("t12"), options=["ro"] if ro else []) as m:
+                names, problems = listing(m, f)
+                order = sorted(names, key=lambda u: names[u])
+                # Two reads make a scan; its prefetch then brings the rest.
+                cs = m.settle()
+                read_check(m, f, names, order[:2], problems)
+                c0 = m.settle(quiet=1.0, timeout=30.0)
+                read_check(m, f, names, order[2:], problems)
+                c1 = m.settle()
+                stored, reads = dl(cs, c1, "fuse.pages_stored"), dl(c0, c1, "fuse.read")
+                # Every 32nd body stays with imapfs (see HAND_ON_HOLD_EVERY),
+                # and the big one takes ~12 READs of 128 KiB.
+                T.check(not problems and stored >= (n - 2) * 3 // 4 and reads <= (n - 2) // 8 + 16,
+                        "%s: reading %d messages in name order after their prefetch: byte-exact; "
+                        "%d bodies were in the kernel's cache already, %d READs reached imapfs"
+                        % (mode, n - 2, stored, reads),
+                        expected=">= %d stored, <= %d READs" % ((n - 2) * 3 // 4, (n - 2) // 8 + 16),
+                        seen=problems[:3] or "%d stored, %d READs" % (stored, reads))
+                read_check(m, f, names, order, problems, drop=True)
+                c2 = m.settle()
+                T.check(not problems and dl(c1, c2, "fuse.read") >= n and fetches(c1, c2) == 0,
+                        "%s: the pages dropped, all %d read again from the cache: byte-exact, "
+                        "nothing fetched" % (mode, n),
+                        expected=">= %d READs, 0 fetches" % n,
+                        seen=problems[:3] or (dl(c1, c2, "fuse.read"), fetches(c1, c2)))
+        after = S0.snapshot(only={name}, bodies=False)[name]
+        T.check({u: msg.flags for u, msg in after.msgs.items()} == flags0,
+                "the flags of the %d messages are as before (BODY.PEEK only)" % n)
+
+        # SIGTERM while a scan runs and bodies are being handed on: the
+        # daemon answers what the kernel asked and ends.
+        with CMount(S0, new_cache("t12t"), foreground=True) as m:
+            names, problems = listing(m, f)
+            order = sorted(names, key=lambda u: names[u])
+            stop = threading.Event()
+
+            def scan():
+                for uid in order:
+                    if stop.is_set():
+                        return
+                    try:
+                        read_file(file_path(m, f, names[uid]))
+                    except OSError:
+                        return
+
+            th = threading.Thread(target=scan, daemon=True)
+            th.start()
+            wait_for(lambda: m.counters().get("fuse.pages_stored", 0) > 0 or not th.is_alive(), 10)
+            stored = m.counters().get("fuse.pages_stored", 0)
+            m.proc.send_signal(signal.SIGTERM)
+            try:
+                rc = m.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                rc = "still running after 10 s"
+            stop.set()
+            th.join(10)
+            T.check(stored > 0 and isinstance(rc, int) and rc >= 0 and not th.is_alive(),
+                    "SIGTERM during a scan, %d bodies handed on: the daemon exits (status %s) "
+                    "and the reader is not left hanging" % (stored, rc),
+                    expected="exit within 10 s", seen=(stored, rc, th.is_alive()))
+    finally:
+        with S0.session() as im:
+            fx._ok(im.delete(fx.mailbox_arg(name)), "DELETE")
+
+
 TESTS = [
     ("1-warm-remount", test_warm_remount),
     ("2-changes-while-unmounted", test_changes_unmounted),
@@ -1510,6 +1597,7 @@ TESTS = [
     ("9-folders-gone", test_folders_gone),
     ("10-cache-modes", test_cache_modes),
     ("11-prefetch-window", test_prefetch_window),
+    ("12-pages-handed-on", test_pages_handed_on),
 ]
 
 
