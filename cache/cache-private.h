@@ -81,6 +81,7 @@ struct _Cache {
 	GHashTable *folder_ids; /* raw name -> id (implied folders too) */
 	GHashTable *states; /* id -> FolderState * */
 	GHashTable *messages; /* id -> CacheMessage * */
+	guint64 next_message_id; /* ids are never reused in a run */
 	GHashTable *fetching; /* message id -> GINT_TO_POINTER(1) */
 	GHashTable *awaited; /* message id -> readers waiting for it */
 	GHashTable *partials; /* message id -> Partial * */

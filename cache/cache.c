@@ -293,6 +293,19 @@ static void load_folders(Cache *c)
 	sqlite3_finalize(st);
 }
 
+static guint64 max_message_id(Cache *c)
+{
+	sqlite3_stmt *st = NULL;
+	guint64 id = 0;
+
+	sqlite3_prepare_v2(c->db, "SELECT MAX(id) FROM messages", -1, &st,
+			   NULL);
+	if (st && sqlite3_step(st) == SQLITE_ROW)
+		id = (guint64)sqlite3_column_int64(st, 0);
+	sqlite3_finalize(st);
+	return id;
+}
+
 Cache *cache_open(ImapClient *client, const CacheConfig *cfg, GError **error)
 {
 	g_autoptr(Cache) c = g_new0(Cache, 1);
@@ -341,6 +354,7 @@ Cache *cache_open(ImapClient *client, const CacheConfig *cfg, GError **error)
 			return NULL;
 	}
 	load_folders(c);
+	c->next_message_id = max_message_id(c) + 1;
 	cache_body_scan(c);
 	cache_syncer_start(c);
 	cache_movers_start(c);
@@ -929,11 +943,12 @@ CacheMessage *cache_insert_message_locked(Cache *c, guint64 folder_id,
 	/* Taken, not copied: for a big listing, every name at once. */
 	cm->name = m->name ? g_steal_pointer(&m->name)
 			   : cache_message_name(m->date, subj, slen, m->uid);
-	st = cache_stmt_locked(c, CACHE_STMT_INSERT_MESSAGE,
-			       "INSERT OR REPLACE INTO messages (folder_id,"
-			       " uidvalidity, uid, flags, size, internaldate,"
-			       " tz, modseq, subject, name) VALUES"
-			       " (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)");
+	st = cache_stmt_locked(
+		c, CACHE_STMT_INSERT_MESSAGE,
+		"INSERT OR REPLACE INTO messages (folder_id,"
+		" uidvalidity, uid, flags, size, internaldate,"
+		" tz, modseq, subject, name, id) VALUES"
+		" (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)");
 	sqlite3_bind_int64(st, 1, (sqlite3_int64)folder_id);
 	sqlite3_bind_int64(st, 2, uidvalidity);
 	sqlite3_bind_int64(st, 3, cm->uid);
@@ -944,11 +959,13 @@ CacheMessage *cache_insert_message_locked(Cache *c, guint64 folder_id,
 	sqlite3_bind_int64(st, 8, (sqlite3_int64)cm->modseq);
 	sqlite3_bind_blob(st, 9, subj ? subj : "", (int)slen, SQLITE_STATIC);
 	sqlite3_bind_text(st, 10, cm->name, -1, SQLITE_STATIC);
-	/* The new row's id (not RETURNING: SQLite gathers its rows in a
-	 * temporary table each time, a third of a cold listing of a big
-	 * folder). */
+	/* Never an id given before in this run: SQLite's own would be the
+	 * highest plus one, that of a message just expunged, and the id is
+	 * the inode number, which the kernel may still hold (a file open
+	 * on the expunged message) with its pages and attributes. */
+	sqlite3_bind_int64(st, 11, (sqlite3_int64)c->next_message_id);
 	if (st && sqlite3_step(st) == SQLITE_DONE)
-		cm->id = (guint64)sqlite3_last_insert_rowid(c->db);
+		cm->id = c->next_message_id++;
 	cache_stmt_done(st);
 	return cm;
 }

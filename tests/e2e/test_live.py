@@ -23,6 +23,9 @@ changes the server, and the test watches the mount:
             never an empty or a different message; a fresh open fails
             (with cache=full, a read before the expunge; with cache=none,
             none);
+  reused    a message expunged while open, then one of the same size and
+            date arrives: each file reads its own bytes (or the open one
+            an errno), never the other's;
   quiet     an idle mount that watches a folder sends nothing on its
             command connections;
   notify    with NOTIFY (Dovecot has it) and no poll (-o poll=0): a new
@@ -396,6 +399,53 @@ def expunged_while_open(options, read_first, what):
     other.close()
 
 
+def test_reused():
+    """A message expunged while a file holds it open, then one of the same
+    size and date arrives: the new file reads its own bytes, the open one
+    its own or an errno (a message id, the inode number, is never handed
+    out twice in a mount)."""
+    other = Other()
+    raw = "LiveReused"
+    other.create(raw)
+    other.append(raw, make_message("Reused first", "First message.\r\n"))
+    old = make_message("Reused old", "Old bytes, " + "o" * 300 + "\r\n")
+    date = BASE_DATE + 86400
+    old_uid = other.s.append(raw, old, date=date)
+    with mounted() as m:
+        d = m.p(raw)
+        names = listing(d)
+        fh = open(os.path.join(d, names[old_uid]), "rb", buffering=0)
+        try:
+            got_old = fh.read()
+            other.expunge(raw, old_uid)
+            timely(lambda: old_uid not in listing(d), WATCH_LIMIT,
+                   "the expunged message leaves the listing")
+            new = old.replace(b"Old bytes, o", b"New bytes, n").replace(b"Reused old",
+                                                                         b"Reused new")
+            new_uid = other.s.append(raw, new, date=date)
+            if timely(lambda: new_uid in listing(d), WATCH_LIMIT,
+                      "a message of the same size and date arrives"):
+                with open(os.path.join(d, listing(d)[new_uid]), "rb") as fh2:
+                    got_new = fh2.read()
+                try:
+                    again = read_open(fh, len(old))
+                except OSError as e:
+                    again = errno_name(e.errno)
+                T.check(got_old == old and got_new == new and again in (old, "EIO", "ENOENT"),
+                        "the new file reads its own bytes; the open file of the expunged "
+                        "message reads its own or fails",
+                        expected="new: %d new bytes; open: the old bytes or an errno" % len(new),
+                        seen="new: %s; open: %s" % (
+                            "the new bytes" if got_new == new else "the OLD bytes"
+                            if got_new == old else "%d other bytes" % len(got_new),
+                            again if isinstance(again, str) else "the old bytes"
+                            if again == old else "the NEW bytes" if again == new
+                            else "%d other bytes" % len(again)))
+        finally:
+            fh.close()
+    other.close()
+
+
 def test_open():
     expunged_while_open(["cache=full"], True, "cache=full, read before")
     expunged_while_open(["cache=none"], False, "cache=none, not read before")
@@ -733,7 +783,8 @@ def test_crowded():
         other.close()
 
 
-TESTS = [test_watched, test_polled, test_folders, test_open, test_quiet, test_notify,
+TESTS = [test_watched, test_polled, test_folders, test_open, test_reused, test_quiet,
+         test_notify,
          test_generation, test_asleep, test_switch, test_crowded, test_busy]
 
 
