@@ -73,6 +73,7 @@ typedef struct {
 	GThread *later_thread;
 	GThread *inval_thread;
 	GThread *poll_thread;
+	gint inval_done;
 	GMutex poll_lock;
 	GCond poll_cond;
 	gboolean stopping;
@@ -147,6 +148,8 @@ fuse_ino_t fs_folder_ino(guint64 folder_id);
 void fs_dir_mtime(Fs *fs, fuse_ino_t ino, struct timespec *ts);
 void fs_watch_start(Fs *fs);
 void fs_watch_stop(Fs *fs);
+/* At the end: answer requests on this thread until *@done is set. */
+void fs_serve_until(Fs *fs, const gint *done);
 /* Bodies a prefetch brings, handed to the kernel's page cache. */
 void fs_pages_start(Fs *fs);
 void fs_pages_stop(Fs *fs);

@@ -19,8 +19,6 @@
 #include <fuse_lowlevel.h>
 
 #include <fcntl.h>
-#include <poll.h>
-#include <stdlib.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -100,36 +98,9 @@ static gpointer pages_thread(gpointer data)
 	}
 }
 
-/*
- * A store waits for any page of the file that a READ has locked; once the
- * FUSE loop has ended, nobody would answer a READ the kernel had queued
- * and the store would wait for ever. So requests are answered here until
- * the thread is done.
- */
-static void serve_until_done(Fs *fs)
-{
-	struct fuse_buf buf = {0};
-
-	while (!g_atomic_int_get(&fs->pages_done)) {
-		struct pollfd p = {.fd = fuse_session_fd(fs->se),
-				   .events = POLLIN};
-
-		if (poll(&p, 1, 20) <= 0)
-			continue;
-		/* Unmounted: the store fails too. */
-		if (!(p.revents & POLLIN))
-			break;
-		fuse_session_reset(fs->se);
-		if (fuse_session_receive_buf(fs->se, &buf) > 0)
-			fuse_session_process_buf(fs->se, &buf);
-		fuse_session_exit(fs->se);
-	}
-	free(buf.mem);
-}
-
 void fs_pages_start(Fs *fs)
 {
-	fs->stores = g_async_queue_new();
+	fs->stores = g_async_queue_new_full((GDestroyNotify)store_free);
 	fs->pages_thread = g_thread_new("pages", pages_thread, fs);
 	cache_set_body_func(fs->cache, body_cb, fs);
 }
@@ -143,7 +114,8 @@ void fs_pages_stop(Fs *fs)
 	g_atomic_int_set(&fs->pages_stopping, 1);
 	stop->stop = TRUE;
 	g_async_queue_push(fs->stores, stop);
-	serve_until_done(fs);
+	/* A store may wait for a page that a READ holds. */
+	fs_serve_until(fs, &fs->pages_done);
 	g_thread_join(fs->pages_thread);
 	g_async_queue_unref(fs->stores);
 }

@@ -11,6 +11,8 @@
 #define FUSE_USE_VERSION 312
 #include <fuse_lowlevel.h>
 
+#include <poll.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "fs.h"
@@ -81,6 +83,7 @@ static gpointer inval_thread(gpointer data)
 
 		if (j->stop) {
 			inval_free(j);
+			g_atomic_int_set(&fs->inval_done, 1);
 			return NULL;
 		}
 		for (guint i = 0; j->names && i < j->names->len; i++) {
@@ -201,13 +204,42 @@ static gpointer poll_thread(gpointer data)
 	return NULL;
 }
 
+/*
+ * The threads that notify the kernel wait, in the kernel, for what a
+ * request in flight holds: a store for a page a READ has locked, an entry's
+ * invalidation for its directory during a LOOKUP. Once the FUSE loop has
+ * ended nobody would answer such a request, and the thread would wait for
+ * ever; so at the end this thread answers requests until it is done.
+ */
+void fs_serve_until(Fs *fs, const gint *done)
+{
+	struct fuse_buf buf = {0};
+
+	while (!g_atomic_int_get(done)) {
+		struct pollfd p = {.fd = fuse_session_fd(fs->se),
+				   .events = POLLIN};
+
+		if (poll(&p, 1, 20) <= 0)
+			continue;
+		/* Unmounted: what the thread waits for fails too. */
+		if (!(p.revents & POLLIN))
+			break;
+		fuse_session_reset(fs->se);
+		if (fuse_session_receive_buf(fs->se, &buf) > 0)
+			fuse_session_process_buf(fs->se, &buf);
+		fuse_session_exit(fs->se);
+	}
+	free(buf.mem);
+}
+
 void fs_watch_start(Fs *fs)
 {
 	g_mutex_init(&fs->mtime_lock);
 	fs->dir_mtimes = g_hash_table_new_full(g_int64_hash, g_int64_equal,
 					       g_free, g_free);
-	fs->inval = g_async_queue_new();
-	fs->inval_later = g_async_queue_new();
+	/* What requests answered at the end queue is dropped. */
+	fs->inval = g_async_queue_new_full((GDestroyNotify)inval_free);
+	fs->inval_later = g_async_queue_new_full((GDestroyNotify)inval_free);
 	g_mutex_init(&fs->poll_lock);
 	g_cond_init(&fs->poll_cond);
 	cache_set_change_func(fs->cache, changed_cb, fs);
@@ -231,6 +263,8 @@ void fs_watch_stop(Fs *fs)
 	/* The stop goes through the delayed queue, which hands it on. */
 	stop->stop = TRUE;
 	g_async_queue_push(fs->inval_later, stop);
+	/* An invalidation may wait for a directory that a LOOKUP holds. */
+	fs_serve_until(fs, &fs->inval_done);
 	g_thread_join(fs->later_thread);
 	g_thread_join(fs->inval_thread);
 	g_async_queue_unref(fs->inval_later);
