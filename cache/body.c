@@ -656,11 +656,6 @@ static gboolean rename_into_place(const char *from, const char *to)
 	return g_mkdir_with_parents(dir, 0700) == 0 && rename(from, to) == 0;
 }
 
-/* Every so many bodies of a prefetch stay with us: reading them is how a
- * reader that takes the others from the kernel's cache shows where it is,
- * so that the next batch goes out in time (see cache_note_open). */
-#define HAND_ON_HOLD_EVERY 32
-
 /* Put a complete body where it belongs, if it is one we asked for. */
 static void store_fetched_body(Fetch *f, const ImapFetchData *fd, FileHandle *h)
 {
@@ -725,15 +720,12 @@ static void store_fetched_body(Fetch *f, const ImapFetchData *fd, FileHandle *h)
 		g_hash_table_lookup(f->ids_by_uid, GUINT_TO_POINTER(fd->uid)));
 	CacheMessage *m = g_hash_table_lookup(f->c->messages, &id);
 	/* Handed on to the kernel's page cache (cache_set_body_func): a
-	 * prefetched body of the size shown, unless a read waits for it (its
-	 * reply brings it), it is one held back, or it is cache=none's (those
-	 * go when their reader closes them: one that nobody opened because
-	 * the kernel had it would stay). */
+	 * prefetched body of the size shown, but not cache=none's (those go
+	 * when their reader closes them: one that nobody opened because the
+	 * kernel had it would stay). */
 	gboolean hand_on = f->prefetch && f->c->body_func && m &&
 			   m->size == h->written && h->written > 0 &&
-			   f->c->cfg.keep != CACHE_KEEP_NONE &&
-			   !g_hash_table_contains(f->c->awaited, &id) &&
-			   f->bodies % HAND_ON_HOLD_EVERY != 0;
+			   f->c->cfg.keep != CACHE_KEEP_NONE;
 
 	if (m && m->size != h->written) {
 		sqlite3_stmt *st = NULL;
@@ -908,28 +900,6 @@ static char *folder_raw(Cache *c, guint64 folder_id)
 	return f && f->raw ? g_strdup(f->raw) : NULL;
 }
 
-/* Wait until the body of message @id is no longer being fetched, as one
- * awaited: a prefetch does not hand such a body on to the kernel, whose
- * READ gets it anyway (it would be copied twice). */
-static void wait_fetched_locked(Cache *c, guint64 id)
-{
-	guint n;
-
-	if (!g_hash_table_contains(c->fetching, &id))
-		return;
-	n = GPOINTER_TO_UINT(g_hash_table_lookup(c->awaited, &id));
-	g_hash_table_insert(c->awaited, g_memdup2(&id, sizeof(id)),
-			    GUINT_TO_POINTER(n + 1));
-	while (g_hash_table_contains(c->fetching, &id))
-		g_cond_wait(&c->fetch_cond, &c->lock);
-	n = GPOINTER_TO_UINT(g_hash_table_lookup(c->awaited, &id));
-	if (n > 1)
-		g_hash_table_insert(c->awaited, g_memdup2(&id, sizeof(id)),
-				    GUINT_TO_POINTER(n - 1));
-	else
-		g_hash_table_remove(c->awaited, &id);
-}
-
 /* Make the whole body of @m a file; fetch it at most once at a time. */
 static gboolean body_ensure(Cache *c, CacheMessage *m, GError **error)
 {
@@ -942,7 +912,8 @@ static gboolean body_ensure(Cache *c, CacheMessage *m, GError **error)
 	g_mutex_lock(&c->lock);
 	/* Every body stored wakes every waiter: one whose body is still on
 	 * its way waits again without looking at the disk. */
-	wait_fetched_locked(c, m->id);
+	while (g_hash_table_contains(c->fetching, &m->id))
+		g_cond_wait(&c->fetch_cond, &c->lock);
 	if (g_file_test(path, G_FILE_TEST_EXISTS)) {
 		g_mutex_unlock(&c->lock);
 		return TRUE;
@@ -1424,7 +1395,8 @@ gssize cache_body_read(CacheBody *b, char *buf, gsize size, goffset offset,
 	/* A big body that a prefetch is bringing whole: wait for it. */
 	if (!b->partial) {
 		g_mutex_lock(&c->lock);
-		wait_fetched_locked(c, m->id);
+		while (g_hash_table_contains(c->fetching, &m->id))
+			g_cond_wait(&c->fetch_cond, &c->lock);
 		g_mutex_unlock(&c->lock);
 		if (body_open_file(b))
 			return pread_all(b->fd, buf, size, offset, error);

@@ -83,7 +83,6 @@ struct _Cache {
 	GHashTable *messages; /* id -> CacheMessage * */
 	guint64 next_message_id; /* ids are never reused in a run */
 	GHashTable *fetching; /* message id -> GINT_TO_POINTER(1) */
-	GHashTable *awaited; /* message id -> readers waiting for it */
 	GHashTable *partials; /* message id -> Partial * */
 	gboolean folders_listed;
 	GHashTable *open_paths; /* body path -> open count */

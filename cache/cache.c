@@ -293,17 +293,23 @@ static void load_folders(Cache *c)
 	sqlite3_finalize(st);
 }
 
-static guint64 max_message_id(Cache *c)
+/* The next message id: above every id in the index (one given twice
+ * would replace that row, see cache_insert_message_locked). */
+static gboolean next_message_id(Cache *c, GError **error)
 {
 	sqlite3_stmt *st = NULL;
-	guint64 id = 0;
+	gboolean ok = sqlite3_prepare_v2(c->db, "SELECT MAX(id) FROM messages",
+					 -1, &st, NULL) == SQLITE_OK &&
+		      sqlite3_step(st) == SQLITE_ROW;
 
-	sqlite3_prepare_v2(c->db, "SELECT MAX(id) FROM messages", -1, &st,
-			   NULL);
-	if (st && sqlite3_step(st) == SQLITE_ROW)
-		id = (guint64)sqlite3_column_int64(st, 0);
+	if (ok)
+		c->next_message_id = (guint64)sqlite3_column_int64(st, 0) + 1;
+	else
+		g_set_error(error, CACHE_ERROR, CACHE_ERROR_IO,
+			    "cannot read the cache index: %s",
+			    sqlite3_errmsg(c->db));
 	sqlite3_finalize(st);
-	return id;
+	return ok;
 }
 
 Cache *cache_open(ImapClient *client, const CacheConfig *cfg, GError **error)
@@ -334,8 +340,6 @@ Cache *cache_open(ImapClient *client, const CacheConfig *cfg, GError **error)
 				      (GDestroyNotify)cache_message_unref);
 	c->fetching = g_hash_table_new_full(g_int64_hash, g_int64_equal, g_free,
 					    NULL);
-	c->awaited = g_hash_table_new_full(g_int64_hash, g_int64_equal, g_free,
-					   NULL);
 	c->partials = g_hash_table_new_full(g_int64_hash, g_int64_equal, g_free,
 					    NULL);
 	c->open_paths =
@@ -354,7 +358,8 @@ Cache *cache_open(ImapClient *client, const CacheConfig *cfg, GError **error)
 			return NULL;
 	}
 	load_folders(c);
-	c->next_message_id = max_message_id(c) + 1;
+	if (!next_message_id(c, error))
+		return NULL;
 	cache_body_scan(c);
 	cache_syncer_start(c);
 	cache_movers_start(c);
@@ -385,7 +390,6 @@ void cache_free(Cache *c)
 	g_hash_table_unref(c->states);
 	g_hash_table_unref(c->messages);
 	g_hash_table_unref(c->fetching);
-	g_hash_table_unref(c->awaited);
 	g_hash_table_unref(c->partials);
 	g_hash_table_unref(c->open_paths);
 	g_mutex_clear(&c->lock);
@@ -1692,13 +1696,7 @@ void cache_note_open(Cache *c, const CacheMessage *m)
 					   : compare_message_ids,
 				    m, &i))
 			continue;
-		/* Forward within what a prefetch brought is sequential too:
-		 * the files in between were read from the kernel's cache
-		 * (bodies handed on to it, see cache_set_body_func). */
-		if ((gint)i == st->last_index[o] + 1 ||
-		    ((gint)i > st->last_index[o] && st->last_index[o] >= 0 &&
-		     (guint)st->last_index[o] + 1 >= st->prefetched_from[o] &&
-		     i < st->prefetched_upto[o]))
+		if ((gint)i == st->last_index[o] + 1)
 			st->streak[o]++;
 		else if ((gint)i != st->last_index[o])
 			st->streak[o] = 0;

@@ -80,8 +80,12 @@ typedef struct {
 	/* pages.c */
 	GAsyncQueue *stores;
 	GThread *pages_thread;
+	GMutex pages_lock;
+	GCond pages_cond;
+	/* message ino -> open count (gint *); NULL: no stores (-o ro) */
+	GHashTable *pages_open;
+	fuse_ino_t pages_storing; /* the ino of the store under way, or 0 */
 	gint pages_stopping;
-	gint pages_done;
 	gint pages_stored;
 	GMutex mtime_lock;
 	/* ino -> gint64 ns: when the directory's listing last changed */
@@ -153,6 +157,9 @@ void fs_serve_until(Fs *fs, const gint *done);
 /* Bodies a prefetch brings, handed to the kernel's page cache. */
 void fs_pages_start(Fs *fs);
 void fs_pages_stop(Fs *fs);
+void fs_pages_clear(Fs *fs);
+void fs_pages_open(Fs *fs, fuse_ino_t ino);
+void fs_pages_release(Fs *fs, fuse_ino_t ino);
 fuse_ino_t fs_message_ino(guint64 message_id);
 
 int errno_from_error(const GError *error);

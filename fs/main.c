@@ -679,6 +679,7 @@ static int fs_mount(FsOptions *opts, struct fuse_args *args)
 	fs_watch_stop(&fs);
 	fuse_session_unmount(se);
 	fs_handles_clear(&fs);
+	fs_pages_clear(&fs);
 	fs_local_clear(&fs);
 	fuse_remove_signal_handlers(se);
 	fuse_session_destroy(se);

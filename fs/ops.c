@@ -815,6 +815,9 @@ static void fs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	} else {
 		return (void)fuse_reply_err(req, EISDIR);
 	}
+	/* No store of its body into the kernel's cache while it is open. */
+	if (ino_is_message(ino))
+		fs_pages_open(fs, ino);
 	handle_open(fs, fs->open_files, fi, h);
 	fuse_reply_open(req, fi);
 }
@@ -1037,6 +1040,8 @@ static void fs_release(fuse_req_t req, fuse_ino_t ino,
 
 	if (!h)
 		return (void)fuse_reply_err(req, 0);
+	if (ino_is_message(ino))
+		fs_pages_release(fs, ino);
 	if (h->local && !fs_is_scratch_name(h->local->name) &&
 	    !h->local->dirty && !h->local->shadow_of && !h->local->unlinked &&
 	    h->local->fd >= 0 && lseek(h->local->fd, 0, SEEK_END) > 0) {

@@ -205,11 +205,11 @@ static gpointer poll_thread(gpointer data)
 }
 
 /*
- * The threads that notify the kernel wait, in the kernel, for what a
- * request in flight holds: a store for a page a READ has locked, an entry's
- * invalidation for its directory during a LOOKUP. Once the FUSE loop has
- * ended nobody would answer such a request, and the thread would wait for
- * ever; so at the end this thread answers requests until it is done.
+ * An entry's invalidation waits, in the kernel, for its directory while a
+ * LOOKUP there is in flight. Once the FUSE loop has ended nobody would
+ * answer a LOOKUP the kernel had queued, and the invalidation thread would
+ * wait for ever: so at the end this thread answers requests until it is
+ * done. (Not those libfuse had read as the loop ended: it drops them.)
  */
 void fs_serve_until(Fs *fs, const gint *done)
 {
